@@ -1,0 +1,3 @@
+//! cpkfs: a FUSE filesystem over Azure Blob Storage with customer-provided keys.
+pub mod blob;
+pub mod emulator;
