@@ -1,0 +1,1041 @@
+//! The Blob REST client: one method per operation, a shared send loop that
+//! signs every attempt afresh, retries what is transient and turns answers
+//! into typed errors.
+
+use super::cpk::CustomerKey;
+use super::credentials::{AccountKey, Credential};
+use super::endpoint::Endpoint;
+use super::error::{BlobError, ServiceError, TransportKind};
+use super::models::*;
+use super::retry::{retry_after, status_is_retryable, RetryPolicy};
+use super::signing::string_to_sign;
+use super::xml;
+use super::API_VERSION;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use url::Url;
+
+/// Source of the request time, injectable so signatures are testable.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> SystemTime;
+}
+
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+pub struct ClientConfig {
+    pub endpoint: String,
+    pub account: String,
+    pub container: String,
+    pub credential: Credential,
+    /// The customer-provided key of this client (writes use it). Its presence
+    /// forbids plain http.
+    pub cpk: Option<Arc<CustomerKey>>,
+    /// Extra trusted CA certificates (PEM), e.g. the emulator's.
+    pub ca_pem: Option<Vec<u8>>,
+    pub retry: RetryPolicy,
+    pub connect_timeout: Duration,
+    /// Longest pause between two chunks of a response body.
+    pub read_timeout: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: &str, account: &str, container: &str, credential: Credential) -> Self {
+        ClientConfig {
+            endpoint: endpoint.to_string(),
+            account: account.to_string(),
+            container: container.to_string(),
+            credential,
+            cpk: None,
+            ca_pem: None,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: Endpoint,
+    container: String,
+    credential: Credential,
+    cpk: Option<Arc<CustomerKey>>,
+    retry: RetryPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+/// A client bound to one container. Cheap to clone.
+#[derive(Clone)]
+pub struct BlobClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BlobClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobClient")
+            .field("endpoint", &self.inner.endpoint.base())
+            .field("container", &self.inner.container)
+            .field("cpk", &self.inner.cpk)
+            .finish()
+    }
+}
+
+/// One request to send: built once, signed on every attempt.
+struct Call<'a> {
+    op: &'static str,
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Bytes,
+    key: Option<&'a CustomerKey>,
+    resource: String,
+    /// Safe to resend after a timeout or a connection lost mid-request.
+    idempotent: bool,
+}
+
+impl<'a> Call<'a> {
+    fn new(op: &'static str, method: Method, url: Url, resource: String) -> Self {
+        Call {
+            op,
+            method,
+            url,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            key: None,
+            resource,
+            idempotent: true,
+        }
+    }
+    fn header(mut self, name: &'static str, value: impl AsRef<str>) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers.insert(HeaderName::from_static(name), v);
+        }
+        self
+    }
+    fn key(mut self, key: Option<&'a CustomerKey>) -> Self {
+        self.key = key;
+        self
+    }
+    fn body(mut self, body: Bytes) -> Self {
+        self.body = body;
+        self
+    }
+    fn non_idempotent(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+    fn conditions(mut self, c: &Conditions) -> Self {
+        if let Some(m) = &c.if_match {
+            self = self.header("if-match", quote_etag(m));
+        }
+        if let Some(m) = &c.if_none_match {
+            self = self.header(
+                "if-none-match",
+                if m == "*" { m.clone() } else { quote_etag(m) },
+            );
+        }
+        self
+    }
+    fn metadata(mut self, md: &Metadata) -> Result<Self, BlobError> {
+        for (k, v) in md {
+            let name = HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes())
+                .map_err(|_| BlobError::Config(format!("invalid metadata name {k:?}")))?;
+            let val = HeaderValue::from_str(v).map_err(|_| {
+                BlobError::Config(format!(
+                    "metadata value of {k:?} is not a valid header value"
+                ))
+            })?;
+            self.headers.insert(name, val);
+        }
+        Ok(self)
+    }
+}
+
+fn header_str<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn transport_kind(err: &reqwest::Error) -> TransportKind {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = src {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return TransportKind::Tls;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some()
+            {
+                return TransportKind::Tls;
+            }
+        }
+        src = e.source();
+    }
+    if err.is_timeout() {
+        TransportKind::Timeout
+    } else if err.is_connect() {
+        TransportKind::Connect
+    } else {
+        TransportKind::Io
+    }
+}
+
+/// Blob properties from GET/HEAD response headers.
+fn properties_from_headers(h: &HeaderMap, status: StatusCode) -> BlobProperties {
+    let mut p = BlobProperties {
+        content_length: header_str(h, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        etag: header_str(h, "etag").map(quote_etag).unwrap_or_default(),
+        last_modified: header_str(h, "last-modified")
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+        creation_time: header_str(h, "x-ms-creation-time")
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+        content_type: header_str(h, "content-type").map(str::to_string),
+        content_md5: header_str(h, "x-ms-blob-content-md5")
+            .or_else(|| header_str(h, "content-md5"))
+            .map(str::to_string),
+        cpk_sha256: header_str(h, "x-ms-encryption-key-sha256").map(str::to_string),
+        server_encrypted: header_str(h, "x-ms-server-encrypted") == Some("true"),
+        metadata: Metadata::new(),
+        metadata_encrypted: false,
+    };
+    if status == StatusCode::PARTIAL_CONTENT {
+        // Content-Range: bytes 0-4/11 → the blob's size is 11.
+        if let Some(total) = header_str(h, "content-range")
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|t| t.parse().ok())
+        {
+            p.content_length = total;
+        }
+    }
+    for (k, v) in h {
+        if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
+            p.metadata
+                .insert(name.to_string(), v.to_str().unwrap_or("").to_string());
+        }
+    }
+    p
+}
+
+fn write_result(h: &HeaderMap) -> WriteResult {
+    WriteResult {
+        etag: header_str(h, "etag").map(quote_etag).unwrap_or_default(),
+        last_modified: header_str(h, "last-modified")
+            .and_then(|v| httpdate::parse_http_date(v).ok()),
+        cpk_sha256: header_str(h, "x-ms-encryption-key-sha256").map(str::to_string),
+    }
+}
+
+impl BlobClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, BlobError> {
+        let endpoint = Endpoint::new(&cfg.endpoint, &cfg.account).map_err(BlobError::Config)?;
+        if cfg.cpk.is_some() && !endpoint.is_https() {
+            return Err(BlobError::CpkOverHttp);
+        }
+        if cfg.container.is_empty() {
+            return Err(BlobError::Config("the container name is empty".into()));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .http1_only();
+        if let Some(pem) = &cfg.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| BlobError::Config(format!("the CA file is not valid PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(BlobError::Config("the CA file holds no certificate".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| BlobError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(BlobClient {
+            inner: Arc::new(Inner {
+                http,
+                endpoint,
+                container: cfg.container,
+                credential: cfg.credential,
+                cpk: cfg.cpk,
+                retry: cfg.retry,
+                clock: cfg.clock,
+            }),
+        })
+    }
+
+    pub fn container(&self) -> &str {
+        &self.inner.container
+    }
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+    /// The client's customer-provided key, if any.
+    pub fn cpk(&self) -> Option<&Arc<CustomerKey>> {
+        self.inner.cpk.as_ref()
+    }
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    fn blob_url(&self, name: &str, query: &[(&str, &str)]) -> Url {
+        self.inner
+            .endpoint
+            .blob_url(&self.inner.container, name, query)
+    }
+    fn container_url(&self, query: &[(&str, &str)]) -> Url {
+        self.inner
+            .endpoint
+            .container_url(&self.inner.container, query)
+    }
+    fn res(&self, name: &str) -> String {
+        format!("{}/{}", self.inner.container, name)
+    }
+
+    /// Headers and authorization for one attempt.
+    fn prepare(
+        &self,
+        call: &Call<'_>,
+        key: Option<&AccountKey>,
+    ) -> Result<(Url, HeaderMap), BlobError> {
+        let mut headers = call.headers.clone();
+        let date = httpdate::fmt_http_date(self.inner.clock.now());
+        headers.insert("x-ms-date", HeaderValue::from_str(&date).expect("ascii"));
+        headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
+        headers.insert(
+            "x-ms-client-request-id",
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("ascii"),
+        );
+        if let Some(k) = call.key {
+            if !self.inner.endpoint.is_https() {
+                return Err(BlobError::CpkOverHttp);
+            }
+            for (n, v) in k.headers() {
+                headers.insert(n, v);
+            }
+        }
+        if call.method == Method::PUT || call.method == Method::POST || !call.body.is_empty() {
+            headers.insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(call.body.len()),
+            );
+        }
+        let mut url = call.url.clone();
+        match (&self.inner.credential, key) {
+            (Credential::SharedKey(cred), Some(k)) => {
+                let sts = string_to_sign(&call.method, &url, &headers, cred.account());
+                let mut auth = HeaderValue::from_str(&format!(
+                    "SharedKey {}:{}",
+                    cred.account(),
+                    k.sign(&sts)
+                ))
+                .expect("ascii");
+                auth.set_sensitive(true);
+                headers.insert(http::header::AUTHORIZATION, auth);
+            }
+            (Credential::Sas(token), _) => {
+                let q = match url.query() {
+                    Some(q) if !q.is_empty() => format!("{q}&{}", token.expose()),
+                    _ => token.expose().to_string(),
+                };
+                url.set_query(Some(&q));
+            }
+            (Credential::SharedKey(_), None) => unreachable!("shared key without key"),
+        }
+        Ok((url, headers))
+    }
+
+    async fn service_error(
+        &self,
+        call: &Call<'_>,
+        resp: reqwest::Response,
+    ) -> (ServiceError, Option<Duration>) {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = if call.method == Method::HEAD {
+            Bytes::new()
+        } else {
+            // Error bodies are small; cap what we read.
+            resp.bytes().await.unwrap_or_default()
+        };
+        let parsed = xml::parse_error(&body);
+        let code = header_str(&headers, "x-ms-error-code")
+            .map(str::to_string)
+            .or_else(|| parsed.as_ref().and_then(|p| p.0.clone()));
+        let message = parsed
+            .map(|p| p.1)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
+        let mac_mismatch = status == StatusCode::FORBIDDEN
+            && match code.as_deref() {
+                Some("AuthorizationFailure") => true,
+                Some("AuthenticationFailed") => {
+                    body.is_empty() || xml::auth_detail_is_mac_mismatch(&body)
+                }
+                _ => false,
+            };
+        (
+            ServiceError {
+                operation: call.op,
+                resource: call.resource.clone(),
+                status: status.as_u16(),
+                code,
+                message,
+                request_id: header_str(&headers, "x-ms-request-id").map(str::to_string),
+                mac_mismatch,
+            },
+            retry_after(&headers),
+        )
+    }
+
+    /// Send with retries; returns the successful response (2xx, or 304).
+    async fn execute(&self, call: Call<'_>) -> Result<reqwest::Response, BlobError> {
+        let policy = &self.inner.retry;
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        let mut tried_keys: Vec<AccountKey> = Vec::new();
+        loop {
+            attempt += 1;
+            let account_key = match &self.inner.credential {
+                Credential::SharedKey(c) => Some(c.current().1),
+                Credential::Sas(_) => None,
+            };
+            let (url, headers) = self.prepare(&call, account_key.as_ref())?;
+            let req = self
+                .inner
+                .http
+                .request(call.method.clone(), url)
+                .headers(headers)
+                .body(call.body.clone());
+            let t0 = Instant::now();
+            let sent = tokio::time::timeout(policy.attempt_timeout, req.send()).await;
+            let retry_wait: Option<Duration>;
+            let last_err: BlobError;
+            match sent {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    let rid = header_str(resp.headers(), "x-ms-request-id")
+                        .unwrap_or("-")
+                        .to_string();
+                    tracing::debug!(
+                        op = call.op,
+                        resource = %call.resource,
+                        status = status.as_u16(),
+                        request_id = %rid,
+                        attempt,
+                        elapsed_ms = t0.elapsed().as_millis() as u64,
+                        "blob request"
+                    );
+                    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                        return Ok(resp);
+                    }
+                    let (err, ra) = self.service_error(&call, resp).await;
+                    if err.mac_mismatch {
+                        if let (Credential::SharedKey(cred), Some(k)) =
+                            (&self.inner.credential, &account_key)
+                        {
+                            if cred.rotate_after_failure(k, &mut tried_keys).is_some() {
+                                attempt -= 1; // a key switch is not a transient-failure retry
+                                continue;
+                            }
+                        }
+                    }
+                    if !status_is_retryable(err.status) {
+                        tracing::debug!(error = %err, "blob request failed");
+                        return Err(BlobError::Service(Box::new(err)));
+                    }
+                    retry_wait = ra;
+                    last_err = BlobError::Service(Box::new(err));
+                }
+                Ok(Err(e)) => {
+                    let kind = transport_kind(&e);
+                    let retryable = match kind {
+                        TransportKind::Tls => false,
+                        TransportKind::Connect => true,
+                        TransportKind::Timeout | TransportKind::Io => call.idempotent,
+                    };
+                    last_err = BlobError::Transport {
+                        operation: call.op,
+                        resource: call.resource.clone(),
+                        kind,
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        source: Box::new(e),
+                    };
+                    if !retryable {
+                        return Err(last_err);
+                    }
+                    retry_wait = None;
+                }
+                Err(_) => {
+                    last_err = BlobError::Transport {
+                        operation: call.op,
+                        resource: call.resource.clone(),
+                        kind: TransportKind::Timeout,
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        source: format!("no response within {:?}", policy.attempt_timeout).into(),
+                    };
+                    if !call.idempotent {
+                        return Err(last_err);
+                    }
+                    retry_wait = None;
+                }
+            }
+            let delay = policy.delay(attempt, retry_wait);
+            if attempt >= policy.max_attempts || started.elapsed() + delay > policy.deadline {
+                tracing::warn!(op = call.op, resource = %call.resource, attempts = attempt, error = %last_err, "giving up");
+                return Err(match last_err {
+                    BlobError::Transport {
+                        operation,
+                        resource,
+                        kind,
+                        source,
+                        ..
+                    } => BlobError::Transport {
+                        operation,
+                        resource,
+                        kind,
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        source,
+                    },
+                    other => other,
+                });
+            }
+            tracing::info!(op = call.op, resource = %call.resource, attempt, delay_ms = delay.as_millis() as u64, error = %last_err, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    // ---------------------------------------------------------------- container
+
+    pub async fn create_container(&self) -> Result<(), BlobError> {
+        let call = Call::new(
+            "CreateContainer",
+            Method::PUT,
+            self.container_url(&[("restype", "container")]),
+            self.inner.container.clone(),
+        )
+        .non_idempotent();
+        self.execute(call).await.map(|_| ())
+    }
+
+    pub async fn get_container_properties(&self) -> Result<ContainerProperties, BlobError> {
+        let call = Call::new(
+            "GetContainerProperties",
+            Method::HEAD,
+            self.container_url(&[("restype", "container")]),
+            self.inner.container.clone(),
+        );
+        let resp = self.execute(call).await?;
+        let h = resp.headers();
+        let mut metadata = Metadata::new();
+        for (k, v) in h {
+            if let Some(n) = k.as_str().strip_prefix("x-ms-meta-") {
+                metadata.insert(n.to_string(), v.to_str().unwrap_or("").to_string());
+            }
+        }
+        Ok(ContainerProperties {
+            etag: header_str(h, "etag").map(quote_etag),
+            last_modified: header_str(h, "last-modified")
+                .and_then(|v| httpdate::parse_http_date(v).ok()),
+            metadata,
+        })
+    }
+
+    pub async fn list_blobs(&self, opts: &ListOptions) -> Result<ListPage, BlobError> {
+        let max = opts.max_results.map(|m| m.to_string());
+        let mut q: Vec<(&str, &str)> = vec![("restype", "container"), ("comp", "list")];
+        if let Some(p) = &opts.prefix {
+            q.push(("prefix", p));
+        }
+        if let Some(d) = &opts.delimiter {
+            q.push(("delimiter", d));
+        }
+        if let Some(m) = &opts.marker {
+            q.push(("marker", m));
+        }
+        if let Some(m) = &max {
+            q.push(("maxresults", m));
+        }
+        if opts.include_metadata {
+            q.push(("include", "metadata"));
+        }
+        let call = Call::new(
+            "ListBlobs",
+            Method::GET,
+            self.container_url(&q),
+            self.inner.container.clone(),
+        );
+        let resource = call.resource.clone();
+        let resp = self.execute(call).await?;
+        let body = self.read_body("ListBlobs", &resource, resp).await?;
+        xml::parse_list_blobs(&body).map_err(|detail| BlobError::Protocol {
+            operation: "ListBlobs",
+            resource,
+            detail,
+        })
+    }
+
+    /// A lazy pager over every page of a listing.
+    pub fn list_pager(&self, opts: ListOptions) -> ListPager {
+        ListPager {
+            client: self.clone(),
+            opts,
+            done: false,
+        }
+    }
+
+    async fn read_body(
+        &self,
+        op: &'static str,
+        resource: &str,
+        resp: reqwest::Response,
+    ) -> Result<Bytes, BlobError> {
+        resp.bytes().await.map_err(|e| BlobError::Transport {
+            operation: op,
+            resource: resource.to_string(),
+            kind: transport_kind(&e),
+            attempts: 1,
+            elapsed: Duration::ZERO,
+            source: Box::new(e),
+        })
+    }
+
+    // --------------------------------------------------------------------- blob
+
+    pub async fn get_blob_properties(
+        &self,
+        name: &str,
+        key: Option<&CustomerKey>,
+        cond: &Conditions,
+    ) -> Result<BlobProperties, BlobError> {
+        let call = Call::new(
+            "GetBlobProperties",
+            Method::HEAD,
+            self.blob_url(name, &[]),
+            self.res(name),
+        )
+        .key(key)
+        .conditions(cond);
+        let resp = self.execute(call).await?;
+        Ok(properties_from_headers(resp.headers(), resp.status()))
+    }
+
+    /// Start a streamed download. `range` limits it; `cond` applies to the
+    /// first request, later resumptions always use If-Match on the ETag.
+    pub async fn get_blob(
+        &self,
+        name: &str,
+        range: Option<ByteRange>,
+        key: Option<&CustomerKey>,
+        cond: &Conditions,
+    ) -> Result<BlobDownload, BlobError> {
+        let resp = match self.get_blob_response(name, range, key, cond).await {
+            Err(e) if e.status() == Some(416) && range.map(|r| r.start) == Some(0) => {
+                // Any range on an empty blob is 416 on Azure: read it whole.
+                self.get_blob_response(name, None, key, cond).await?
+            }
+            other => other?,
+        };
+        let status = resp.status();
+        let properties = properties_from_headers(resp.headers(), status);
+        let body_len: u64 = header_str(resp.headers(), "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let start = if status == StatusCode::PARTIAL_CONTENT {
+            range.map(|r| r.start).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(BlobDownload {
+            client: self.clone(),
+            name: name.to_string(),
+            key: key.cloned(),
+            etag: properties.etag.clone(),
+            offset: start,
+            end: start + body_len,
+            properties,
+            resp: Some(resp),
+            resumes: 0,
+        })
+    }
+
+    async fn get_blob_response(
+        &self,
+        name: &str,
+        range: Option<ByteRange>,
+        key: Option<&CustomerKey>,
+        cond: &Conditions,
+    ) -> Result<reqwest::Response, BlobError> {
+        let mut call = Call::new(
+            "GetBlob",
+            Method::GET,
+            self.blob_url(name, &[]),
+            self.res(name),
+        )
+        .key(key)
+        .conditions(cond);
+        if let Some(r) = range {
+            call = call.header("x-ms-range", r.header());
+        }
+        self.execute(call).await
+    }
+
+    /// Read a range whole into memory (used for cache blocks of bounded size).
+    pub async fn read_range(
+        &self,
+        name: &str,
+        range: ByteRange,
+        key: Option<&CustomerKey>,
+        cond: &Conditions,
+    ) -> Result<(Bytes, BlobProperties), BlobError> {
+        let mut dl = self.get_blob(name, Some(range), key, cond).await?;
+        let len = dl.end - dl.offset;
+        let mut buf = bytes::BytesMut::with_capacity(len as usize);
+        while let Some(chunk) = dl.next_chunk().await? {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok((buf.freeze(), dl.properties))
+    }
+
+    pub async fn put_blob(
+        &self,
+        name: &str,
+        body: Bytes,
+        opts: &CommitOptions,
+        key: Option<&CustomerKey>,
+    ) -> Result<WriteResult, BlobError> {
+        let mut call = Call::new(
+            "PutBlob",
+            Method::PUT,
+            self.blob_url(name, &[]),
+            self.res(name),
+        )
+        .header("x-ms-blob-type", "BlockBlob")
+        .header("x-ms-content-crc64", super::crc64::crc64_header(&body))
+        .key(key)
+        .conditions(&opts.conditions)
+        .metadata(&opts.metadata)?
+        .body(body);
+        if let Some(ct) = &opts.content_type {
+            call = call.header("x-ms-blob-content-type", ct);
+        }
+        if !opts.conditions.is_empty() {
+            call = call.non_idempotent();
+        }
+        let resp = self.execute(call).await?;
+        Ok(write_result(resp.headers()))
+    }
+
+    pub async fn put_block(
+        &self,
+        name: &str,
+        block_id: &str,
+        body: Bytes,
+        key: Option<&CustomerKey>,
+    ) -> Result<(), BlobError> {
+        let call = Call::new(
+            "PutBlock",
+            Method::PUT,
+            self.blob_url(name, &[("comp", "block"), ("blockid", block_id)]),
+            self.res(name),
+        )
+        .header("x-ms-content-crc64", super::crc64::crc64_header(&body))
+        .key(key)
+        .body(body);
+        self.execute(call).await.map(|_| ())
+    }
+
+    /// Commit a block list. A commit replaces content type and metadata, so
+    /// `opts` must carry the full set. If a retried commit meets 412/409 (its
+    /// first attempt may have succeeded with the answer lost), the committed
+    /// list is compared with ours to tell.
+    pub async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[BlockRef],
+        opts: &CommitOptions,
+        key: Option<&CustomerKey>,
+    ) -> Result<WriteResult, BlobError> {
+        let body = Bytes::from(xml::block_list_body(blocks));
+        let mut call = Call::new(
+            "PutBlockList",
+            Method::PUT,
+            self.blob_url(name, &[("comp", "blocklist")]),
+            self.res(name),
+        )
+        .header("x-ms-content-crc64", super::crc64::crc64_header(&body))
+        .header("content-type", "application/xml")
+        .key(key)
+        .conditions(&opts.conditions)
+        .metadata(&opts.metadata)?
+        .body(body);
+        if let Some(ct) = &opts.content_type {
+            call = call.header("x-ms-blob-content-type", ct);
+        }
+        match self.execute(call).await {
+            Ok(resp) => Ok(write_result(resp.headers())),
+            Err(e)
+                if !opts.conditions.is_empty() && matches!(e.status(), Some(412) | Some(409)) =>
+            {
+                // Did an earlier attempt of ours win? Same ids in the same order.
+                let ids: Vec<&str> = blocks
+                    .iter()
+                    .map(|b| match b {
+                        BlockRef::Committed(i) | BlockRef::Uncommitted(i) | BlockRef::Latest(i) => {
+                            i.as_str()
+                        }
+                    })
+                    .collect();
+                if let Ok(list) = self.get_block_list(name, BlockListType::All).await {
+                    let committed: Vec<&str> =
+                        list.committed.iter().map(|b| b.id.as_str()).collect();
+                    if !ids.is_empty() && committed == ids && list.uncommitted.is_empty() {
+                        if let Ok(p) = self
+                            .get_blob_properties(name, key, &Conditions::default())
+                            .await
+                        {
+                            return Ok(WriteResult {
+                                etag: p.etag,
+                                last_modified: p.last_modified,
+                                cpk_sha256: p.cpk_sha256,
+                            });
+                        }
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get_block_list(
+        &self,
+        name: &str,
+        which: BlockListType,
+    ) -> Result<BlockList, BlobError> {
+        let call = Call::new(
+            "GetBlockList",
+            Method::GET,
+            self.blob_url(
+                name,
+                &[("comp", "blocklist"), ("blocklisttype", which.as_str())],
+            ),
+            self.res(name),
+        );
+        let resource = call.resource.clone();
+        let resp = self.execute(call).await?;
+        let etag = header_str(resp.headers(), "etag").map(quote_etag);
+        let body = self.read_body("GetBlockList", &resource, resp).await?;
+        let mut list = xml::parse_block_list(&body).map_err(|detail| BlobError::Protocol {
+            operation: "GetBlockList",
+            resource,
+            detail,
+        })?;
+        list.etag = etag;
+        Ok(list)
+    }
+
+    /// Delete a blob. A retried delete that meets 404 counts as done.
+    pub async fn delete_blob(&self, name: &str, cond: &Conditions) -> Result<(), BlobError> {
+        let call = Call::new(
+            "DeleteBlob",
+            Method::DELETE,
+            self.blob_url(name, &[]),
+            self.res(name),
+        )
+        .conditions(cond);
+        self.execute(call).await.map(|_| ())
+    }
+
+    pub async fn set_blob_metadata(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+        key: Option<&CustomerKey>,
+        cond: &Conditions,
+    ) -> Result<WriteResult, BlobError> {
+        let call = Call::new(
+            "SetBlobMetadata",
+            Method::PUT,
+            self.blob_url(name, &[("comp", "metadata")]),
+            self.res(name),
+        )
+        .key(key)
+        .conditions(cond)
+        .metadata(metadata)?;
+        let resp = self.execute(call).await?;
+        Ok(write_result(resp.headers()))
+    }
+
+    /// Set HTTP properties; unsent properties are cleared by the service.
+    pub async fn set_blob_properties(
+        &self,
+        name: &str,
+        content_type: Option<&str>,
+        cond: &Conditions,
+    ) -> Result<WriteResult, BlobError> {
+        let mut call = Call::new(
+            "SetBlobProperties",
+            Method::PUT,
+            self.blob_url(name, &[("comp", "properties")]),
+            self.res(name),
+        )
+        .conditions(cond);
+        if let Some(ct) = content_type {
+            call = call.header("x-ms-blob-content-type", ct);
+        }
+        let resp = self.execute(call).await?;
+        Ok(write_result(resp.headers()))
+    }
+
+    /// Server-side copy within the container (not for CPK sources: the
+    /// service refuses them with CannotVerifyCopySource).
+    pub async fn copy_blob(
+        &self,
+        dest: &str,
+        source: &str,
+        metadata: Option<&Metadata>,
+    ) -> Result<CopyResult, BlobError> {
+        let mut src = self.blob_url(source, &[]);
+        if let Credential::Sas(t) = &self.inner.credential {
+            src.set_query(Some(t.expose()));
+        }
+        let mut call = Call::new(
+            "CopyBlob",
+            Method::PUT,
+            self.blob_url(dest, &[]),
+            self.res(dest),
+        )
+        .header("x-ms-copy-source", src.as_str());
+        if let Some(md) = metadata {
+            call = call.metadata(md)?;
+        }
+        let resp = self.execute(call).await?;
+        let h = resp.headers();
+        Ok(CopyResult {
+            copy_id: header_str(h, "x-ms-copy-id").map(str::to_string),
+            copy_status: header_str(h, "x-ms-copy-status").map(str::to_string),
+            etag: header_str(h, "etag").map(quote_etag),
+        })
+    }
+}
+
+/// Pages through a listing lazily, following NextMarker.
+pub struct ListPager {
+    client: BlobClient,
+    opts: ListOptions,
+    done: bool,
+}
+
+impl ListPager {
+    pub async fn next_page(&mut self) -> Result<Option<ListPage>, BlobError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.client.list_blobs(&self.opts).await?;
+        match &page.next_marker {
+            Some(m) => self.opts.marker = Some(m.clone()),
+            None => self.done = true,
+        }
+        Ok(Some(page))
+    }
+}
+
+/// A streamed download that resumes from the byte it reached, with If-Match
+/// on the ETag, when the connection breaks.
+pub struct BlobDownload {
+    client: BlobClient,
+    name: String,
+    key: Option<CustomerKey>,
+    etag: String,
+    /// Next byte offset (absolute) to deliver.
+    offset: u64,
+    /// End offset (exclusive) of what this download covers.
+    end: u64,
+    pub properties: BlobProperties,
+    resp: Option<reqwest::Response>,
+    resumes: u32,
+}
+
+impl BlobDownload {
+    /// Bytes remaining.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.offset
+    }
+
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, BlobError> {
+        loop {
+            if self.offset >= self.end {
+                return Ok(None);
+            }
+            let err = match self.resp.as_mut() {
+                Some(resp) => match resp.chunk().await {
+                    Ok(Some(c)) => {
+                        let c = if c.len() as u64 > self.end - self.offset {
+                            c.slice(..(self.end - self.offset) as usize)
+                        } else {
+                            c
+                        };
+                        self.offset += c.len() as u64;
+                        return Ok(Some(c));
+                    }
+                    Ok(None) => "the connection ended before the promised length".to_string(),
+                    Err(e) => e.to_string(),
+                },
+                None => "no response".to_string(),
+            };
+            self.resp = None;
+            self.resumes += 1;
+            if self.resumes > self.client.inner.retry.max_attempts {
+                return Err(BlobError::Transport {
+                    operation: "GetBlob",
+                    resource: self.client.res(&self.name),
+                    kind: TransportKind::Io,
+                    attempts: self.resumes,
+                    elapsed: Duration::ZERO,
+                    source: err.into(),
+                });
+            }
+            tracing::info!(blob = %self.name, offset = self.offset, error = %err, "download interrupted; resuming");
+            let range = ByteRange::new(self.offset, self.end);
+            match self
+                .client
+                .get_blob_response(
+                    &self.name,
+                    Some(range),
+                    self.key.as_ref(),
+                    &Conditions::if_match(self.etag.clone()),
+                )
+                .await
+            {
+                Ok(r) => self.resp = Some(r),
+                Err(e) if e.status() == Some(412) => {
+                    return Err(BlobError::Changed {
+                        operation: "GetBlob",
+                        resource: self.client.res(&self.name),
+                        expected: self.etag.clone(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
