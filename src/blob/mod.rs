@@ -22,6 +22,7 @@ pub mod signing;
 pub mod upload;
 pub mod xml;
 
+pub use block_id::BlockIdGen;
 pub use client::{BlobClient, BlobDownload, ClientConfig, Clock, ListPager, SystemClock};
 pub use cpk::{CpkError, CustomerKey};
 pub use credentials::{AccountKey, Credential, CredentialError, SasToken, SharedKeyCredential};
