@@ -1,3 +1,4 @@
 //! cpkfs: a FUSE filesystem over Azure Blob Storage with customer-provided keys.
 pub mod blob;
 pub mod emulator;
+pub mod fs;

@@ -209,6 +209,7 @@ fn properties_from_headers(h: &HeaderMap, status: StatusCode) -> BlobProperties 
         server_encrypted: header_str(h, "x-ms-server-encrypted") == Some("true"),
         metadata: Metadata::new(),
         metadata_encrypted: false,
+        copy_status: header_str(h, "x-ms-copy-status").map(str::to_string),
     };
     if status == StatusCode::PARTIAL_CONTENT {
         // Content-Range: bytes 0-4/11 → the blob's size is 11.

@@ -22,6 +22,8 @@ pub struct BlobProperties {
     pub metadata: Metadata,
     /// True when a listing withheld the metadata because the blob is CPK-encrypted.
     pub metadata_encrypted: bool,
+    /// `x-ms-copy-status` when the blob is the destination of a copy.
+    pub copy_status: Option<String>,
 }
 
 /// One `<Blob>` of a listing.

@@ -1,0 +1,182 @@
+//! The block cache: an LRU of fixed-size blocks bounded in bytes, keyed by
+//! (blob name, ETag, block index) so bytes of two versions never mix.
+//! Concurrent requests for the same block share one fetch.
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use lru::LruCache;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub name: Arc<str>,
+    pub etag: Arc<str>,
+    pub index: u64,
+}
+
+pub type FetchResult = Result<Bytes, Arc<super::error::FsError>>;
+type Inflight = Shared<BoxFuture<'static, FetchResult>>;
+
+struct Inner {
+    lru: LruCache<BlockKey, Bytes>,
+    bytes: usize,
+    inflight: HashMap<BlockKey, Inflight>,
+}
+
+pub struct BlockCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub bytes: usize,
+    pub blocks: usize,
+}
+
+impl BlockCache {
+    pub fn new(capacity_bytes: usize) -> Self {
+        BlockCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                inflight: HashMap::new(),
+            }),
+            capacity: capacity_bytes,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
+        self.inner.lock().unwrap().lru.get(key).cloned()
+    }
+
+    pub fn contains(&self, key: &BlockKey) -> bool {
+        let g = self.inner.lock().unwrap();
+        g.lru.contains(key) || g.inflight.contains_key(key)
+    }
+
+    pub fn insert(&self, key: BlockKey, data: Bytes) {
+        if data.len() > self.capacity {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap();
+        let len = data.len();
+        if let Some(old) = g.lru.put(key, data) {
+            g.bytes -= old.len();
+        }
+        g.bytes += len;
+        while g.bytes > self.capacity {
+            match g.lru.pop_lru() {
+                Some((_, v)) => g.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Drop every block of `name` (after a local write made them stale).
+    pub fn invalidate(&self, name: &str) {
+        let mut g = self.inner.lock().unwrap();
+        let keys: Vec<BlockKey> = g.lru.iter().filter(|(k, _)| &*k.name == name).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            if let Some(v) = g.lru.pop(&k) {
+                g.bytes -= v.len();
+            }
+        }
+    }
+
+    /// Return the cached block, or join/start its fetch.
+    pub async fn get_or_fetch<F>(&self, key: BlockKey, fetch: F) -> FetchResult
+    where
+        F: FnOnce() -> BoxFuture<'static, FetchResult>,
+    {
+        let fut = {
+            let mut g = self.inner.lock().unwrap();
+            if let Some(b) = g.lru.get(&key) {
+                return Ok(b.clone());
+            }
+            match g.inflight.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = fetch().shared();
+                    g.inflight.insert(key.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        let res = fut.await;
+        {
+            let mut g = self.inner.lock().unwrap();
+            g.inflight.remove(&key);
+        }
+        if let Ok(b) = &res {
+            if self.get(&key).is_none() {
+                self.insert(key, b.clone());
+            }
+        }
+        res
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let g = self.inner.lock().unwrap();
+        CacheStats {
+            bytes: g.bytes,
+            blocks: g.lru.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn key(i: u64) -> BlockKey {
+        BlockKey { name: "f".into(), etag: "\"e\"".into(), index: i }
+    }
+
+    #[test]
+    fn bounded_in_bytes_lru_order() {
+        let c = BlockCache::new(300);
+        for i in 0..3 {
+            c.insert(key(i), Bytes::from(vec![0u8; 100]));
+        }
+        assert!(c.get(&key(0)).is_some()); // 0 is now most recent
+        c.insert(key(3), Bytes::from(vec![0u8; 100]));
+        assert!(c.get(&key(1)).is_none(), "least recently used goes first");
+        assert!(c.get(&key(0)).is_some());
+        assert_eq!(c.stats(), CacheStats { bytes: 300, blocks: 3 });
+        c.invalidate("f");
+        assert_eq!(c.stats(), CacheStats::default());
+    }
+
+    #[tokio::test]
+    async fn concurrent_fetches_of_one_block_share_one_request() {
+        let c = Arc::new(BlockCache::new(1 << 20));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = vec![];
+        for _ in 0..8 {
+            let c = c.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                c.get_or_fetch(key(7), move || {
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        Ok(Bytes::from_static(b"block"))
+                    }
+                    .boxed()
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(&t.await.unwrap().unwrap()[..], b"block");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,494 @@
+//! Open files: open/create, the read path (block cache + read-ahead), the
+//! write path (write sessions), flush/fsync/release, setattr.
+
+use super::attr::{Attr, Kind};
+use super::cache::BlockKey;
+use super::error::{FsError, FsResult};
+use super::inode::Inode;
+use super::write::{Outcome, ReadPiece, WriteSession};
+use super::{Entry, FileHandle, Fs, SetAttr};
+use crate::blob::{ByteRange, CommitOptions, Conditions, CustomerKey};
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+impl Fs {
+    fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    fn new_handle(&self, ino: u64, writable: bool, etag: Option<String>, size: u64, cpk: Option<Arc<CustomerKey>>) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = FileHandle {
+            ino,
+            writable,
+            etag: Mutex::new(etag),
+            size: Mutex::new(size),
+            cpk,
+            seq: Mutex::new((0, 0)),
+            wrote: std::sync::atomic::AtomicBool::new(false),
+        };
+        self.handles.lock().unwrap().insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        match node.kind() {
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
+            Kind::File => {}
+        }
+        if write && self.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let s = node.snapshot();
+        if s.etag.is_some() && s.expires <= Instant::now() && node.write.try_lock().map(|w| w.is_none()).unwrap_or(false) {
+            self.getattr(ino).await?;
+        }
+        let s = node.snapshot();
+        let path = self.path_of(ino)?;
+        let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
+        if write {
+            let mut w = node.write.lock().await;
+            if w.is_none() {
+                *w = Some(match &s.etag {
+                    Some(e) => WriteSession::existing(e.clone(), s.attr.size, cpk.clone()),
+                    None => WriteSession::new_empty(None),
+                });
+            }
+            if truncate {
+                let ws = w.as_mut().unwrap();
+                if let Outcome::NeedsCommit = ws.truncate(&self.wctx, &path, 0).await? {
+                    unreachable!("truncation to zero never needs a commit");
+                }
+                node.state.lock().unwrap().attr.mtime = SystemTime::now();
+            }
+        }
+        Ok(self.new_handle(ino, write, s.etag, s.attr.size, cpk))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> FsResult<(Entry, u64)> {
+        super::check_name(name)?;
+        if self.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let pnode = self.node(parent)?;
+        if pnode.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let now = SystemTime::now();
+        let attr = Attr {
+            kind: Kind::File,
+            size: 0,
+            perm: (mode & 0o7777) as u16,
+            uid,
+            gid,
+            mtime: now,
+            ctime: now,
+        };
+        let st = super::inode::InodeState {
+            parent,
+            name: name.to_string(),
+            attr,
+            etag: None,
+            cpk_sha256: self.key.as_ref().map(|k| k.sha256().to_string()),
+            expires: self.expiry(),
+            meta_known: true,
+            unlinked: false,
+            local_etag: None,
+        };
+        let node = self.inodes.upsert(parent, name, st);
+        *node.write.lock().await = Some(WriteSession::new_empty(None));
+        let fh = self.new_handle(node.ino, true, None, 0, None);
+        Ok((Entry { ino: node.ino, attr }, fh))
+    }
+
+    /// (etag, size, key) a read of this handle uses: its pinned version, or
+    /// the version our own last commit produced.
+    fn read_version(&self, node: &Inode, h: &FileHandle) -> (Option<String>, u64) {
+        let s = node.snapshot();
+        let mut etag = h.etag.lock().unwrap();
+        if s.local_etag.is_some() && s.etag == s.local_etag && *etag != s.etag {
+            *etag = s.etag.clone();
+            *h.size.lock().unwrap() = s.attr.size;
+        }
+        (etag.clone(), *h.size.lock().unwrap())
+    }
+
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let h = self.handle(fh)?;
+        let node = self.node(ino)?;
+        let path = self.path_of(ino)?;
+        {
+            let mut w = node.write.lock().await;
+            if let Some(ws) = w.as_mut() {
+                if ws.is_dirty() {
+                    let plan = match ws.read_plan(offset, size as u64) {
+                        Ok(p) => p,
+                        Err(_) => {
+                            self.commit_locked(&node, ws, &path).await?;
+                            ws.read_plan(offset, size as u64).map_err(|_| FsError::Failed("read after commit".into()))?
+                        }
+                    };
+                    let base = ws.base_etag().map(str::to_string);
+                    let mut out = BytesMut::with_capacity(size as usize);
+                    for p in plan {
+                        match p {
+                            ReadPiece::Data(b) => out.extend_from_slice(&b),
+                            ReadPiece::Base(a, b) => {
+                                let cpk = self.key_for(&path, node.snapshot().cpk_sha256.as_deref()).ok().flatten();
+                                let (bytes, _) = self
+                                    .client
+                                    .read_range(&path, ByteRange::new(a, b), cpk.as_deref(), &Conditions::if_match(base.clone().unwrap_or_default()))
+                                    .await?;
+                                out.extend_from_slice(&bytes);
+                            }
+                        }
+                    }
+                    return Ok(out.freeze());
+                }
+            }
+        }
+        let (etag, fsize) = self.read_version(&node, &h);
+        let Some(etag) = etag else {
+            return Ok(Bytes::new());
+        };
+        self.read_blob(&h, &path, &etag, fsize, offset, size as u64).await
+    }
+
+    fn block_key(&self, path: &str, etag: &str, index: u64) -> BlockKey {
+        BlockKey {
+            name: path.into(),
+            etag: etag.into(),
+            index,
+        }
+    }
+
+    fn fetch_block(&self, path: &str, etag: &str, fsize: u64, index: u64, cpk: Option<Arc<CustomerKey>>) -> futures::future::BoxFuture<'static, super::cache::FetchResult> {
+        let client = self.client.clone();
+        let b = self.cfg.block_size;
+        let (path, etag) = (path.to_string(), etag.to_string());
+        async move {
+            let start = index * b;
+            let end = (start + b).min(fsize);
+            match client.read_range(&path, ByteRange::new(start, end), cpk.as_deref(), &Conditions::if_match(etag.clone())).await {
+                Ok((bytes, _)) if bytes.len() as u64 == end - start => Ok(bytes),
+                Ok(_) => Err(Arc::new(FsError::Stale(format!("{path}: the blob is shorter than when it was opened")))),
+                Err(e) if e.status() == Some(412) || matches!(e, crate::blob::BlobError::Changed { .. }) => {
+                    tracing::warn!(path = %path, etag = %etag, "blob changed since it was opened; failing the read with ESTALE");
+                    Err(Arc::new(FsError::Stale(format!("{path}: the blob changed since it was opened (ETag {etag})"))))
+                }
+                Err(e) => Err(Arc::new(FsError::Blob(e))),
+            }
+        }
+        .boxed()
+    }
+
+    async fn read_blob(&self, h: &FileHandle, path: &str, etag: &str, fsize: u64, offset: u64, len: u64) -> FsResult<Bytes> {
+        if offset >= fsize || len == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + len).min(fsize);
+        let b = self.cfg.block_size;
+        let max_window = self.cfg.max_readahead_blocks.min((self.cfg.cache_size / b / 4).max(1));
+        let window = {
+            let mut seq = h.seq.lock().unwrap();
+            let sequential = offset == 0 || offset == seq.0;
+            let w = if sequential { (seq.1 * 2).clamp(1, max_window) } else { 0 };
+            *seq = (end, w);
+            w
+        };
+        let first = offset / b;
+        let last = (end - 1) / b;
+        let unwrap = |r: super::cache::FetchResult| r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e));
+        if window == 0 && first == last {
+            // A random read: serve from the cache if the block is there,
+            // otherwise fetch just the bytes asked for.
+            let key = self.block_key(path, etag, first);
+            if let Some(block) = self.cache.get(&key) {
+                let s = (offset - first * b) as usize;
+                return Ok(block.slice(s..s + (end - offset) as usize));
+            }
+            let (bytes, _) = self
+                .client
+                .read_range(path, ByteRange::new(offset, end), h.cpk.as_deref(), &Conditions::if_match(etag.to_string()))
+                .await
+                .map_err(|e| if e.status() == Some(412) { FsError::Stale(format!("{path}: the blob changed since it was opened")) } else { e.into() })?;
+            return Ok(bytes);
+        }
+        // Read-ahead: start fetching the next blocks without waiting.
+        let nblocks = fsize.div_ceil(b);
+        for i in last + 1..=(last + window).min(nblocks.saturating_sub(1)) {
+            let key = self.block_key(path, etag, i);
+            if !self.cache.contains(&key) {
+                let cache = self.cache.clone();
+                let fetch = self.fetch_block(path, etag, fsize, i, h.cpk.clone());
+                tokio::spawn(async move {
+                    let _ = cache.get_or_fetch(key, move || fetch).await;
+                });
+            }
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for i in first..=last {
+            let key = self.block_key(path, etag, i);
+            let fetch = self.fetch_block(path, etag, fsize, i, h.cpk.clone());
+            let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
+            let bs = i * b;
+            let s = offset.max(bs) - bs;
+            let e = end.min(bs + block.len() as u64) - bs;
+            if first == last {
+                return Ok(block.slice(s as usize..e as usize));
+            }
+            out.extend_from_slice(&block[s as usize..e as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        let node = self.node(ino)?;
+        let path = self.path_of(ino)?;
+        let mut w = node.write.lock().await;
+        let ws = w.as_mut().ok_or(FsError::BadHandle)?;
+        loop {
+            match ws.write(&self.wctx, &path, offset, data, self.key.as_ref()).await? {
+                Outcome::Done => break,
+                Outcome::NeedsCommit => {
+                    let r = self.commit_locked(&node, ws, &path).await?;
+                    let size = ws.size();
+                    *ws = WriteSession::existing(r, size, self.key.clone());
+                }
+            }
+        }
+        let mut s = node.state.lock().unwrap();
+        s.attr.size = ws.size();
+        s.attr.mtime = SystemTime::now();
+        h.wrote.store(true, Ordering::Relaxed);
+        Ok(data.len() as u32)
+    }
+
+    /// Commit the inode's pending writes, with its write lock held by the caller.
+    /// Returns the new ETag.
+    pub(super) async fn commit_locked(&self, node: &Inode, ws: &mut WriteSession, path: &str) -> FsResult<String> {
+        let s = node.snapshot();
+        if !ws.is_dirty() {
+            return Ok(ws.base_etag().unwrap_or_default().to_string());
+        }
+        if s.unlinked {
+            return Ok(String::new());
+        }
+        let mut attr = s.attr;
+        attr.size = ws.size();
+        let metadata = attr.to_metadata();
+        let opts = CommitOptions {
+            content_type: None,
+            metadata: metadata.clone(),
+            conditions: Conditions::default(),
+        };
+        match ws.commit(&self.wctx, path, opts, self.key.as_ref()).await {
+            Ok(r) => {
+                tracing::debug!(path, etag = %r.etag, size = ws.size(), "committed");
+                if self.key.is_some() {
+                    self.cpk_meta.lock().unwrap().put((path.to_string(), r.etag.clone()), metadata);
+                }
+                let mut st = node.state.lock().unwrap();
+                st.etag = Some(r.etag.clone());
+                st.local_etag = Some(r.etag.clone());
+                st.cpk_sha256 = self.key.as_ref().map(|k| k.sha256().to_string());
+                st.attr.size = ws.size();
+                st.expires = self.expiry();
+                st.meta_known = true;
+                drop(st);
+                self.inodes.clear_negative(s.parent, &s.name);
+                Ok(r.etag)
+            }
+            Err(e) => {
+                tracing::error!(path, error = %e, "commit failed: the previous version of the blob is unchanged");
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn commit_inode(&self, node: &Inode) -> FsResult<()> {
+        let mut w = node.write.lock().await;
+        if let Some(ws) = w.as_mut() {
+            if ws.is_dirty() || ws.failed().is_some() {
+                let path = self.path_of(node.ino)?;
+                self.commit_locked(node, ws, &path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// close() of one descriptor: commit what this file has pending, so that
+    /// close returns 0 only when the data is committed.
+    pub async fn flush(&self, ino: u64, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        self.commit_inode(&node).await
+    }
+
+    pub async fn fsync(&self, ino: u64, fh: u64) -> FsResult<()> {
+        self.flush(ino, fh).await
+    }
+
+    pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
+        let h = self.handles.lock().unwrap().remove(&fh).ok_or(FsError::BadHandle)?;
+        if !h.writable {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let res = self.commit_inode(&node).await;
+        let others = self.handles.lock().unwrap().values().any(|o| o.ino == ino && o.writable);
+        if !others {
+            *node.write.lock().await = None;
+        }
+        res
+    }
+
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> FsResult<Entry> {
+        let node = self.node(ino)?;
+        if self.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let path = self.path_of(ino)?;
+        let s = node.snapshot();
+        if let Some(size) = set.size {
+            if s.attr.kind != Kind::File {
+                return Err(FsError::IsDir);
+            }
+            let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
+            let mut w = node.write.lock().await;
+            let opened_here = w.is_none();
+            if opened_here {
+                *w = Some(match &s.etag {
+                    Some(e) => WriteSession::existing(e.clone(), s.attr.size, cpk),
+                    None => WriteSession::new_empty(None),
+                });
+            }
+            let ws = w.as_mut().unwrap();
+            loop {
+                match ws.truncate(&self.wctx, &path, size).await? {
+                    Outcome::Done => break,
+                    Outcome::NeedsCommit => {
+                        let r = self.commit_locked(&node, ws, &path).await?;
+                        let sz = ws.size();
+                        *ws = WriteSession::existing(r, sz, self.key.clone());
+                    }
+                }
+            }
+            {
+                let mut st = node.state.lock().unwrap();
+                st.attr.size = size;
+                st.attr.mtime = set.mtime.unwrap_or_else(SystemTime::now);
+            }
+            if opened_here {
+                let res = self.commit_locked(&node, ws, &path).await;
+                *w = None;
+                res?;
+            }
+        }
+        let changes_meta = set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
+        if changes_meta {
+            {
+                let mut st = node.state.lock().unwrap();
+                if let Some(m) = set.mode {
+                    st.attr.perm = (m & 0o7777) as u16;
+                }
+                if let Some(u) = set.uid {
+                    st.attr.uid = u;
+                }
+                if let Some(g) = set.gid {
+                    st.attr.gid = g;
+                }
+                if let Some(t) = set.mtime {
+                    st.attr.mtime = t;
+                }
+                st.attr.ctime = SystemTime::now();
+            }
+            self.persist_attrs(&node, &path).await?;
+        }
+        let s = node.snapshot();
+        let mut attr = s.attr;
+        if let Ok(w) = node.write.try_lock() {
+            if let Some(ws) = w.as_ref() {
+                attr.size = ws.size();
+            }
+        }
+        Ok(Entry { ino, attr })
+    }
+
+    /// Store the inode's mode/uid/gid/mtime in its blob's metadata.
+    async fn persist_attrs(&self, node: &Inode, path: &str) -> FsResult<()> {
+        let mut w = node.write.lock().await;
+        if let Some(ws) = w.as_mut() {
+            // An open writer commits everything (metadata included) at close.
+            ws.mark_dirty();
+            return Ok(());
+        }
+        drop(w);
+        let s = node.snapshot();
+        if node.ino == super::inode::ROOT_INO {
+            return Ok(());
+        }
+        match (s.attr.kind, &s.etag) {
+            (Kind::Dir, _) => {
+                // Create or replace the directory marker (never encrypted, so
+                // listings show it is a directory).
+                let opts = CommitOptions {
+                    content_type: None,
+                    metadata: s.attr.to_metadata(),
+                    conditions: Conditions::default(),
+                };
+                let r = self.client.put_blob(path, Bytes::new(), &opts, None).await?;
+                let mut st = node.state.lock().unwrap();
+                st.etag = Some(r.etag);
+                st.expires = self.expiry();
+            }
+            (_, Some(etag)) => {
+                let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
+                // Keep metadata written by other tools; replace ours.
+                let current = self.client.get_blob_properties(path, cpk.as_deref(), &Conditions::default()).await?;
+                let mut md = current.metadata;
+                md.extend(s.attr.to_metadata());
+                let r = self
+                    .client
+                    .set_blob_metadata(path, &md, cpk.as_deref(), &Conditions::if_match(current.etag.clone()))
+                    .await?;
+                if cpk.is_some() {
+                    self.cpk_meta.lock().unwrap().put((path.to_string(), r.etag.clone()), md);
+                }
+                // Only metadata changed: open handles may follow the new ETag.
+                let _ = etag;
+                let mut st = node.state.lock().unwrap();
+                st.etag = Some(r.etag.clone());
+                st.local_etag = Some(r.etag);
+                st.expires = self.expiry();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl FsError {
+    /// Keep the errno of a shared (Arc) error when re-wrapping it.
+    fn with_errno_of(self, e: &Arc<FsError>) -> FsError {
+        match &**e {
+            FsError::Stale(s) => FsError::Stale(s.clone()),
+            FsError::ForeignKey { path, sha256 } => FsError::ForeignKey { path: path.clone(), sha256: sha256.clone() },
+            FsError::NotFound => FsError::NotFound,
+            _ => self,
+        }
+    }
+}

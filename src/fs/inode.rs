@@ -1,0 +1,230 @@
+//! The inode table: numbers ↔ (parent, name), each with cached attributes.
+//!
+//! Lock order: the table lock is taken alone, never across an await; an
+//! inode's own `state` lock is taken after the table lock when both are
+//! needed. Write sessions live behind a separate async lock (write.rs).
+
+use super::attr::{Attr, Kind};
+use super::write::WriteSession;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct InodeState {
+    pub parent: u64,
+    pub name: String,
+    pub attr: Attr,
+    /// ETag of the committed blob; None when no blob backs this inode (an
+    /// implicit directory, or a file not committed yet).
+    pub etag: Option<String>,
+    pub cpk_sha256: Option<String>,
+    /// Attributes are trusted until then.
+    pub expires: Instant,
+    /// False when a listing withheld a CPK blob's metadata: mode/uid/mtime are
+    /// defaults until a keyed HEAD.
+    pub meta_known: bool,
+    pub unlinked: bool,
+    /// The ETag our own last commit produced: open handles follow it.
+    pub local_etag: Option<String>,
+}
+
+pub struct Inode {
+    pub ino: u64,
+    pub state: Mutex<InodeState>,
+    /// Pending writes of this file, shared by all its handles.
+    pub write: tokio::sync::Mutex<Option<WriteSession>>,
+}
+
+impl Inode {
+    pub fn snapshot(&self) -> InodeState {
+        self.state.lock().unwrap().clone()
+    }
+    pub fn kind(&self) -> Kind {
+        self.state.lock().unwrap().attr.kind
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    by_ino: HashMap<u64, Arc<Inode>>,
+    children: HashMap<(u64, String), u64>,
+    /// Names known not to exist, until the instant.
+    negative: HashMap<(u64, String), Instant>,
+    /// Directories whose full listing is cached until the instant.
+    listed: HashMap<u64, Instant>,
+}
+
+pub struct InodeTable {
+    t: Mutex<Tables>,
+    next: AtomicU64,
+}
+
+impl InodeTable {
+    pub fn new(root_attr: Attr) -> Self {
+        let table = InodeTable {
+            t: Mutex::new(Tables::default()),
+            next: AtomicU64::new(ROOT_INO + 1),
+        };
+        let root = Arc::new(Inode {
+            ino: ROOT_INO,
+            state: Mutex::new(InodeState {
+                parent: ROOT_INO,
+                name: String::new(),
+                attr: root_attr,
+                etag: None,
+                cpk_sha256: None,
+                expires: Instant::now() + std::time::Duration::from_secs(u32::MAX as u64),
+                meta_known: true,
+                unlinked: false,
+                local_etag: None,
+            }),
+            write: tokio::sync::Mutex::new(None),
+        });
+        table.t.lock().unwrap().by_ino.insert(ROOT_INO, root);
+        table
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.t.lock().unwrap().by_ino.get(&ino).cloned()
+    }
+
+    pub fn child(&self, parent: u64, name: &str) -> Option<Arc<Inode>> {
+        let t = self.t.lock().unwrap();
+        t.children.get(&(parent, name.to_string())).and_then(|i| t.by_ino.get(i)).cloned()
+    }
+
+    /// Blob path of an inode ("" for the root).
+    pub fn path(&self, ino: u64) -> Option<String> {
+        let t = self.t.lock().unwrap();
+        let mut parts = vec![];
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let node = t.by_ino.get(&cur)?;
+            let s = node.state.lock().unwrap();
+            parts.push(s.name.clone());
+            cur = s.parent;
+        }
+        parts.reverse();
+        Some(parts.join("/"))
+    }
+
+    /// Insert or refresh the child `name` of `parent` with what the backend
+    /// said. An existing inode keeps its number unless its kind changed.
+    pub fn upsert(&self, parent: u64, name: &str, fresh: InodeState) -> Arc<Inode> {
+        let mut t = self.t.lock().unwrap();
+        let key = (parent, name.to_string());
+        t.negative.remove(&key);
+        if let Some(ino) = t.children.get(&key).copied() {
+            if let Some(node) = t.by_ino.get(&ino).cloned() {
+                let mut s = node.state.lock().unwrap();
+                if s.attr.kind == fresh.attr.kind {
+                    // A file with local writes keeps its local size and times.
+                    let keep_local = s.etag.is_none() && fresh.etag.is_none();
+                    if !keep_local {
+                        let meta_known = fresh.meta_known || (s.meta_known && s.etag == fresh.etag);
+                        let attr = if fresh.meta_known || !meta_known {
+                            fresh.attr
+                        } else {
+                            // Same ETag: keep the metadata learnt by HEAD.
+                            Attr { size: fresh.attr.size, ..s.attr }
+                        };
+                        let local_etag = s.local_etag.clone();
+                        *s = InodeState { attr, meta_known, local_etag, ..fresh };
+                    } else {
+                        s.expires = fresh.expires;
+                    }
+                    drop(s);
+                    return node;
+                }
+            }
+        }
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        let node = Arc::new(Inode {
+            ino,
+            state: Mutex::new(fresh),
+            write: tokio::sync::Mutex::new(None),
+        });
+        t.by_ino.insert(ino, node.clone());
+        t.children.insert(key, ino);
+        node
+    }
+
+    /// Forget the name (after unlink/rmdir or when the backend says it's gone).
+    pub fn remove_child(&self, parent: u64, name: &str) -> Option<Arc<Inode>> {
+        let mut t = self.t.lock().unwrap();
+        let ino = t.children.remove(&(parent, name.to_string()))?;
+        t.by_ino.get(&ino).cloned()
+    }
+
+    /// Move a name (rename). Replaces whatever the destination named.
+    pub fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
+        let mut t = self.t.lock().unwrap();
+        if let Some(ino) = t.children.remove(&(parent, name.to_string())) {
+            t.children.insert((new_parent, new_name.to_string()), ino);
+            t.negative.remove(&(new_parent, new_name.to_string()));
+            if let Some(node) = t.by_ino.get(&ino) {
+                let mut s = node.state.lock().unwrap();
+                s.parent = new_parent;
+                s.name = new_name.to_string();
+            }
+        }
+        t.listed.remove(&parent);
+        t.listed.remove(&new_parent);
+    }
+
+    pub fn set_negative(&self, parent: u64, name: &str, until: Instant) {
+        self.t.lock().unwrap().negative.insert((parent, name.to_string()), until);
+    }
+
+    pub fn is_negative(&self, parent: u64, name: &str) -> bool {
+        let mut t = self.t.lock().unwrap();
+        let key = (parent, name.to_string());
+        match t.negative.get(&key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                t.negative.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn clear_negative(&self, parent: u64, name: &str) {
+        self.t.lock().unwrap().negative.remove(&(parent, name.to_string()));
+    }
+
+    /// A complete listing of `dir` was just seen: names not in it are absent.
+    pub fn mark_listed(&self, dir: u64, until: Instant) {
+        self.t.lock().unwrap().listed.insert(dir, until);
+    }
+
+    pub fn is_listed(&self, dir: u64) -> bool {
+        self.t.lock().unwrap().listed.get(&dir).is_some_and(|u| *u > Instant::now())
+    }
+
+    pub fn invalidate_listing(&self, dir: u64) {
+        self.t.lock().unwrap().listed.remove(&dir);
+    }
+
+    /// Children currently known under `dir` (name, inode).
+    pub fn children_of(&self, dir: u64) -> Vec<(String, Arc<Inode>)> {
+        let t = self.t.lock().unwrap();
+        t.children
+            .iter()
+            .filter(|((p, _), _)| *p == dir)
+            .filter_map(|((_, n), i)| t.by_ino.get(i).map(|node| (n.clone(), node.clone())))
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.t.lock().unwrap().by_ino.len()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Inode>> {
+        self.t.lock().unwrap().by_ino.values().cloned().collect()
+    }
+}

@@ -1,0 +1,515 @@
+//! The cpkfs filesystem core. It knows nothing of FUSE: every operation is an
+//! `async fn` taking inode numbers and returning plain data or an [`FsError`];
+//! `src/fuse.rs` translates. It can be driven directly in tests.
+
+pub mod attr;
+pub mod cache;
+pub mod dir;
+pub mod error;
+pub mod inode;
+mod files;
+mod namespace;
+pub mod write;
+
+use crate::blob::{BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata};
+use attr::{Attr, AttrDefaults, Kind};
+use cache::BlockCache;
+use dir::{DirEntry, DirHandle};
+pub use error::{FsError, FsResult};
+use inode::{Inode, InodeState, InodeTable, ROOT_INO};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use write::WriteContext;
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Read and write block size.
+    pub block_size: u64,
+    /// Bytes the block cache may hold.
+    pub cache_size: u64,
+    /// How long attributes and listings are trusted.
+    pub attr_ttl: Duration,
+    /// Upper bound on blocks read ahead for one sequential reader.
+    pub max_readahead_blocks: u64,
+    /// Blocks being uploaded at once, for the whole mount.
+    pub upload_concurrency: usize,
+    /// Parallel keyed HEADs used to learn CPK blobs' metadata during a listing.
+    pub head_concurrency: usize,
+    pub defaults: AttrDefaults,
+    pub read_only: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            block_size: 8 * 1024 * 1024,
+            cache_size: 256 * 1024 * 1024,
+            attr_ttl: Duration::from_secs(3),
+            max_readahead_blocks: 8,
+            upload_concurrency: 8,
+            head_concurrency: 32,
+            defaults: AttrDefaults::default(),
+            read_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub ino: u64,
+    pub attr: Attr,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<std::time::SystemTime>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Per-handle state of an open file.
+pub struct FileHandle {
+    pub ino: u64,
+    pub writable: bool,
+    /// ETag pinned at open; reads send If-Match with it.
+    etag: Mutex<Option<String>>,
+    size: Mutex<u64>,
+    cpk: Option<Arc<CustomerKey>>,
+    /// Sequential-read detector: next expected offset and read-ahead window.
+    seq: Mutex<(u64, u64)>,
+    wrote: std::sync::atomic::AtomicBool,
+}
+
+pub struct Fs {
+    client: BlobClient,
+    key: Option<Arc<CustomerKey>>,
+    cfg: FsConfig,
+    inodes: InodeTable,
+    cache: Arc<BlockCache>,
+    wctx: WriteContext,
+    handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+    /// Metadata learnt by keyed HEADs, by (name, ETag): a listing of an
+    /// unchanged CPK blob needs no second HEAD.
+    cpk_meta: Mutex<lru::LruCache<(String, String), Metadata>>,
+}
+
+/// Names the service cannot store or that would break the tree.
+fn check_name(name: &str) -> FsResult<()> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(FsError::InvalidName(name.into(), "reserved name"));
+    }
+    if name.contains('\\') {
+        return Err(FsError::InvalidName(name.into(), "the service turns '\\' into '/'"));
+    }
+    if name.len() > 255 {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl Fs {
+    pub fn new(client: BlobClient, cfg: FsConfig) -> Arc<Fs> {
+        let key = client.cpk().cloned();
+        let root = Attr::new_dir(&cfg.defaults);
+        let wctx = WriteContext {
+            client: client.clone(),
+            block_size: cfg.block_size,
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
+            max_dirty: cfg.block_size * 8,
+        };
+        Arc::new(Fs {
+            client,
+            key,
+            cache: Arc::new(BlockCache::new(cfg.cache_size as usize)),
+            inodes: InodeTable::new(root),
+            wctx,
+            cfg,
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            cpk_meta: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(200_000).unwrap())),
+        })
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+    pub fn client(&self) -> &BlobClient {
+        &self.client
+    }
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Arc<Inode>> {
+        self.inodes.get(ino).ok_or(FsError::NotFound)
+    }
+
+    fn path_of(&self, ino: u64) -> FsResult<String> {
+        self.inodes.path(ino).ok_or(FsError::NotFound)
+    }
+
+    fn expiry(&self) -> Instant {
+        Instant::now() + self.cfg.attr_ttl
+    }
+
+    /// The key to send for a blob encrypted with `sha256`, or EACCES when the
+    /// mount does not hold it.
+    fn key_for(&self, path: &str, sha256: Option<&str>) -> FsResult<Option<Arc<CustomerKey>>> {
+        match sha256 {
+            None => Ok(None),
+            Some(h) => match &self.key {
+                Some(k) if k.sha256() == h => Ok(Some(k.clone())),
+                _ => {
+                    tracing::warn!(path, key_sha256 = h, "blob is encrypted with a customer-provided key this mount does not hold");
+                    Err(FsError::ForeignKey { path: path.into(), sha256: h.into() })
+                }
+            },
+        }
+    }
+
+    fn state_from_props(&self, parent: u64, name: &str, p: &BlobProperties, meta_known: bool) -> InodeState {
+        InodeState {
+            parent,
+            name: name.to_string(),
+            attr: Attr::from_blob(p, &self.cfg.defaults),
+            etag: Some(p.etag.clone()),
+            cpk_sha256: p.cpk_sha256.clone(),
+            expires: self.expiry(),
+            meta_known,
+            unlinked: false,
+            local_etag: None,
+        }
+    }
+
+    fn implicit_dir_state(&self, parent: u64, name: &str) -> InodeState {
+        InodeState {
+            parent,
+            name: name.to_string(),
+            attr: Attr::new_dir(&self.cfg.defaults),
+            etag: None,
+            cpk_sha256: None,
+            expires: self.expiry(),
+            meta_known: true,
+            unlinked: false,
+            local_etag: None,
+        }
+    }
+
+    /// Fill in hidden metadata of CPK blobs (bounded parallel keyed HEADs,
+    /// skipped when the (name, ETag) pair was seen before).
+    async fn reveal_cpk_metadata(&self, items: &mut [BlobItem]) {
+        use futures::stream::{self, StreamExt};
+        let mut todo = vec![];
+        for (i, it) in items.iter_mut().enumerate() {
+            let p = &mut it.properties;
+            if !p.metadata_encrypted {
+                continue;
+            }
+            let ours = matches!((&self.key, &p.cpk_sha256), (Some(k), Some(h)) if k.sha256() == h);
+            if !ours {
+                continue;
+            }
+            if let Some(md) = self.cpk_meta.lock().unwrap().get(&(it.name.clone(), p.etag.clone())) {
+                p.metadata = md.clone();
+                p.metadata_encrypted = false;
+                continue;
+            }
+            todo.push(i);
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let key = self.key.clone();
+        let results: Vec<(usize, Option<BlobProperties>)> = stream::iter(todo)
+            .map(|i| {
+                let name = items[i].name.clone();
+                let key = key.clone();
+                async move {
+                    let r = self.client.get_blob_properties(&name, key.as_deref(), &Conditions::default()).await;
+                    (i, r.ok())
+                }
+            })
+            .buffer_unordered(self.cfg.head_concurrency.max(1))
+            .collect()
+            .await;
+        for (i, r) in results {
+            if let Some(p) = r {
+                let it = &mut items[i];
+                if p.etag == it.properties.etag {
+                    self.cpk_meta.lock().unwrap().put((it.name.clone(), p.etag.clone()), p.metadata.clone());
+                    it.properties.metadata = p.metadata;
+                    it.properties.metadata_encrypted = false;
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ lookup
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
+        check_name(name)?;
+        let pnode = self.node(parent)?;
+        if pnode.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if let Some(child) = self.inodes.child(parent, name) {
+            let s = child.snapshot();
+            // Files not yet committed exist only here; fresh entries are trusted.
+            if (s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked) || s.expires > Instant::now() {
+                if s.meta_known {
+                    return Ok(Entry { ino: child.ino, attr: s.attr });
+                }
+            }
+        } else if self.inodes.is_negative(parent, name) || self.inodes.is_listed(parent) {
+            return Err(FsError::NotFound);
+        }
+        let dir_path = self.path_of(parent)?;
+        let path = join(&dir_path, name);
+        self.lookup_remote(parent, name, &path).await
+    }
+
+    /// Ask the service what `path` is: a blob (file, marker, symlink) and/or a
+    /// prefix (directory). Two listings run concurrently; a CPK blob of ours
+    /// also needs a keyed HEAD for its metadata.
+    async fn lookup_remote(&self, parent: u64, name: &str, path: &str) -> FsResult<Entry> {
+        let blob_q = ListOptions {
+            prefix: Some(path.to_string()),
+            max_results: Some(1),
+            include_metadata: true,
+            ..Default::default()
+        };
+        let dir_q = ListOptions {
+            prefix: Some(format!("{path}/")),
+            max_results: Some(1),
+            ..Default::default()
+        };
+        let (b, d) = tokio::join!(self.client.list_blobs(&blob_q), self.client.list_blobs(&dir_q));
+        let (b, d) = (b?, d?);
+        let blob = b.blobs.into_iter().find(|x| x.name == path);
+        let is_dir_prefix = !d.blobs.is_empty() || !d.prefixes.is_empty();
+        if let Some(mut item) = blob {
+            if item.properties.metadata_encrypted {
+                self.reveal_cpk_metadata(std::slice::from_mut(&mut item)).await;
+            }
+            let known = !item.properties.metadata_encrypted;
+            let st = self.state_from_props(parent, name, &item.properties, known);
+            // A file and a directory of the same name: the directory wins.
+            if !(is_dir_prefix && st.attr.kind != Kind::Dir) {
+                let node = self.inodes.upsert(parent, name, st);
+                let attr = node.snapshot().attr;
+                return Ok(Entry { ino: node.ino, attr });
+            }
+        }
+        if is_dir_prefix {
+            let node = self.inodes.upsert(parent, name, self.implicit_dir_state(parent, name));
+            let attr = node.snapshot().attr;
+            return Ok(Entry { ino: node.ino, attr });
+        }
+        if let Some(old) = self.inodes.child(parent, name) {
+            let s = old.snapshot();
+            if s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked {
+                // Created here, not committed yet.
+                return Ok(Entry { ino: old.ino, attr: s.attr });
+            }
+            self.inodes.remove_child(parent, name);
+        }
+        self.inodes.set_negative(parent, name, self.expiry());
+        Err(FsError::NotFound)
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
+        let node = self.node(ino)?;
+        let s = node.snapshot();
+        if ino == ROOT_INO || s.expires > Instant::now() || s.unlinked || s.etag.is_none() && s.attr.kind == Kind::File {
+            let mut attr = s.attr;
+            if let Some(ws) = node.write.try_lock().ok().and_then(|w| w.as_ref().map(|w| w.size())) {
+                attr.size = ws;
+            }
+            return Ok(Entry { ino, attr });
+        }
+        // A file being written keeps its local view.
+        if let Ok(w) = node.write.try_lock() {
+            if let Some(ws) = w.as_ref() {
+                let mut attr = s.attr;
+                attr.size = ws.size();
+                return Ok(Entry { ino, attr });
+            }
+        } else {
+            return Ok(Entry { ino, attr: s.attr });
+        }
+        let path = self.path_of(ino)?;
+        match self.lookup_remote(s.parent, &s.name, &path).await {
+            Ok(e) if e.ino == ino => Ok(e),
+            Ok(_) => Err(FsError::Stale(format!("{path}: replaced by an object of another kind"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ----------------------------------------------------------------- readdir
+
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if node.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let path = self.path_of(ino)?;
+        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(DirHandle::new(ino, prefix))));
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Entries from `offset` on; the caller takes as many as fit and asks
+    /// again with the offset of the next one.
+    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let h = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        let mut h = h.lock().await;
+        if offset < h.base {
+            h.reset();
+        }
+        if h.produced == 0 && !h.listing_done {
+            let node = self.node(ino)?;
+            let parent = node.snapshot().parent;
+            let a = node.snapshot().attr;
+            h.push(ino, ".".into(), a);
+            let pa = self.node(parent).map(|n| n.snapshot().attr).unwrap_or(a);
+            h.push(parent, "..".into(), pa);
+        }
+        loop {
+            h.consume_to(offset);
+            if offset < h.base + h.window.len() as u64 || h.finished {
+                let skip = (offset - h.base) as usize;
+                return Ok(h.window.iter().skip(skip).cloned().collect());
+            }
+            self.fill_page(ino, &mut h).await?;
+        }
+    }
+
+    async fn fill_page(&self, ino: u64, h: &mut DirHandle) -> FsResult<()> {
+        if h.listing_done {
+            // Files created here but not committed yet are listed too.
+            let mut local: Vec<(String, Arc<Inode>)> = self
+                .inodes
+                .children_of(ino)
+                .into_iter()
+                .filter(|(n, node)| {
+                    let s = node.snapshot();
+                    s.etag.is_none() && !s.unlinked && s.attr.kind == Kind::File && !h.seen.contains(n)
+                })
+                .collect();
+            local.sort_by(|a, b| a.0.cmp(&b.0));
+            for (n, node) in local {
+                let attr = node.snapshot().attr;
+                h.push(node.ino, n, attr);
+            }
+            h.finished = true;
+            return Ok(());
+        }
+        let opts = ListOptions {
+            prefix: (!h.prefix.is_empty()).then(|| h.prefix.clone()),
+            delimiter: Some("/".into()),
+            marker: h.marker.clone(),
+            max_results: Some(5000),
+            include_metadata: true,
+        };
+        let mut page = self.client.list_blobs(&opts).await?;
+        self.reveal_cpk_metadata(&mut page.blobs).await;
+        let plen = h.prefix.len();
+        let mut entries: Vec<(String, InodeState)> = vec![];
+        for p in &page.prefixes {
+            let n = p[plen..].trim_end_matches('/').to_string();
+            if n.is_empty() || check_name(&n).is_err() {
+                continue;
+            }
+            entries.push((n.clone(), self.implicit_dir_state(ino, &n)));
+        }
+        for b in &page.blobs {
+            let n = b.name[plen..].to_string();
+            if n.is_empty() || n.contains('/') || check_name(&n).is_err() {
+                continue;
+            }
+            let known = !b.properties.metadata_encrypted;
+            entries.push((n.clone(), self.state_from_props(ino, &n, &b.properties, known)));
+        }
+        // Sort by name, directories (marker or prefix) merged into one entry.
+        entries.sort_by(|a, b| a.0.cmp(&b.0).then((a.1.attr.kind != Kind::Dir).cmp(&(b.1.attr.kind != Kind::Dir))));
+        for (n, st) in entries {
+            if h.seen.contains(&n) {
+                continue;
+            }
+            h.seen.insert(n.clone());
+            let node = self.inodes.upsert(ino, &n, st);
+            let attr = node.snapshot().attr;
+            h.push(node.ino, n, attr);
+        }
+        match page.next_marker {
+            Some(m) => h.marker = Some(m),
+            None => {
+                h.listing_done = true;
+                self.inodes.mark_listed(ino, self.expiry());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // Blob storage has no meaningful capacity; report 1 PiB free so tools
+        // that check free space proceed.
+        let bsize = 4096u64;
+        let blocks = (1u64 << 50) / bsize;
+        StatFs {
+            blocks,
+            bfree: blocks,
+            bavail: blocks,
+            files: 1 << 32,
+            ffree: 1 << 32,
+            bsize: bsize as u32,
+            namelen: 255,
+        }
+    }
+
+    /// Commit every file with pending writes (used at unmount).
+    pub async fn flush_all(&self) -> Vec<(String, FsError)> {
+        let mut failures = vec![];
+        for node in self.inodes.all() {
+            if let Err(e) = self.commit_inode(&node).await {
+                let p = self.inodes.path(node.ino).unwrap_or_default();
+                failures.push((p, e));
+            }
+        }
+        failures
+    }
+}
