@@ -2,3 +2,4 @@
 pub mod blob;
 pub mod emulator;
 pub mod fs;
+pub mod fuse;

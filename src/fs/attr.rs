@@ -53,7 +53,9 @@ impl Default for AttrDefaults {
 }
 
 pub fn meta_get<'a>(md: &'a Metadata, name: &str) -> Option<&'a str> {
-    md.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    md.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 pub fn is_folder_marker(md: &Metadata) -> bool {
@@ -72,7 +74,10 @@ pub fn format_time(t: SystemTime) -> String {
 
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     let (secs, nanos) = match s.split_once('.') {
-        Some((a, b)) => (a.parse::<u64>().ok()?, format!("{b:0<9}")[..9].parse::<u32>().ok()?),
+        Some((a, b)) => (
+            a.parse::<u64>().ok()?,
+            format!("{b:0<9}")[..9].parse::<u32>().ok()?,
+        ),
         None => (s.parse::<u64>().ok()?, 0),
     };
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
@@ -97,13 +102,21 @@ impl Attr {
         };
         Attr {
             kind,
-            size: if kind == Kind::Dir { 0 } else { p.content_length },
+            size: if kind == Kind::Dir {
+                0
+            } else {
+                p.content_length
+            },
             perm: meta_get(md, META_MODE)
                 .and_then(|m| u32::from_str_radix(m, 8).ok())
                 .map(|m| (m & 0o7777) as u16)
                 .unwrap_or(default_perm),
-            uid: meta_get(md, META_UID).and_then(|v| v.parse().ok()).unwrap_or(defaults.uid),
-            gid: meta_get(md, META_GID).and_then(|v| v.parse().ok()).unwrap_or(defaults.gid),
+            uid: meta_get(md, META_UID)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.uid),
+            gid: meta_get(md, META_GID)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.gid),
             mtime: meta_get(md, META_MTIME).and_then(parse_time).unwrap_or(lm),
             ctime: lm,
         }
@@ -148,24 +161,51 @@ mod tests {
 
     #[test]
     fn metadata_round_trip() {
-        let d = AttrDefaults { uid: 1, gid: 2, file_perm: 0o600, dir_perm: 0o700 };
+        let d = AttrDefaults {
+            uid: 1,
+            gid: 2,
+            file_perm: 0o600,
+            dir_perm: 0o700,
+        };
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
-        let a = Attr { kind: Kind::Symlink, size: 5, perm: 0o4755, uid: 1000, gid: 100, mtime: t, ctime: t };
-        let p = BlobProperties { content_length: 5, metadata: a.to_metadata(), ..Default::default() };
+        let a = Attr {
+            kind: Kind::Symlink,
+            size: 5,
+            perm: 0o4755,
+            uid: 1000,
+            gid: 100,
+            mtime: t,
+            ctime: t,
+        };
+        let p = BlobProperties {
+            content_length: 5,
+            metadata: a.to_metadata(),
+            ..Default::default()
+        };
         let b = Attr::from_blob(&p, &d);
         assert_eq!(b.kind, Kind::Symlink);
         assert_eq!(b.perm, 0o4755);
         assert_eq!((b.uid, b.gid, b.mtime, b.size), (1000, 100, t, 5));
         // No metadata: defaults, mtime from Last-Modified.
-        let p = BlobProperties { content_length: 9, last_modified: Some(t), ..Default::default() };
+        let p = BlobProperties {
+            content_length: 9,
+            last_modified: Some(t),
+            ..Default::default()
+        };
         let c = Attr::from_blob(&p, &d);
         assert_eq!((c.kind, c.perm, c.uid, c.mtime), (Kind::File, 0o600, 1, t));
         // blobfuse2 marker.
         let mut md = Metadata::new();
         md.insert("hdi_isfolder".into(), "true".into());
-        let p = BlobProperties { metadata: md, ..Default::default() };
+        let p = BlobProperties {
+            metadata: md,
+            ..Default::default()
+        };
         assert_eq!(Attr::from_blob(&p, &d).kind, Kind::Dir);
         assert_eq!(parse_time("12"), Some(UNIX_EPOCH + Duration::from_secs(12)));
-        assert_eq!(parse_time("12.5"), Some(UNIX_EPOCH + Duration::new(12, 500_000_000)));
+        assert_eq!(
+            parse_time("12.5"),
+            Some(UNIX_EPOCH + Duration::new(12, 500_000_000))
+        );
     }
 }

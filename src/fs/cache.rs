@@ -81,7 +81,12 @@ impl BlockCache {
     /// Drop every block of `name` (after a local write made them stale).
     pub fn invalidate(&self, name: &str) {
         let mut g = self.inner.lock().unwrap();
-        let keys: Vec<BlockKey> = g.lru.iter().filter(|(k, _)| &*k.name == name).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<BlockKey> = g
+            .lru
+            .iter()
+            .filter(|(k, _)| &*k.name == name)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             if let Some(v) = g.lru.pop(&k) {
                 g.bytes -= v.len();
@@ -136,7 +141,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key(i: u64) -> BlockKey {
-        BlockKey { name: "f".into(), etag: "\"e\"".into(), index: i }
+        BlockKey {
+            name: "f".into(),
+            etag: "\"e\"".into(),
+            index: i,
+        }
     }
 
     #[test]
@@ -149,7 +158,13 @@ mod tests {
         c.insert(key(3), Bytes::from(vec![0u8; 100]));
         assert!(c.get(&key(1)).is_none(), "least recently used goes first");
         assert!(c.get(&key(0)).is_some());
-        assert_eq!(c.stats(), CacheStats { bytes: 300, blocks: 3 });
+        assert_eq!(
+            c.stats(),
+            CacheStats {
+                bytes: 300,
+                blocks: 3
+            }
+        );
         c.invalidate("f");
         assert_eq!(c.stats(), CacheStats::default());
     }

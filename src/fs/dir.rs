@@ -53,7 +53,12 @@ impl DirHandle {
     pub fn push(&mut self, ino: u64, name: String, attr: Attr) {
         self.produced += 1;
         let next_offset = self.produced;
-        self.window.push_back(DirEntry { ino, name, attr, next_offset });
+        self.window.push_back(DirEntry {
+            ino,
+            name,
+            attr,
+            next_offset,
+        });
     }
 
     /// Drop entries before `offset` (they were consumed by the kernel).

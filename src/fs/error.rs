@@ -64,7 +64,10 @@ impl FsError {
 
     /// Expected outcomes (a lookup miss) are not worth a warning.
     pub fn is_quiet(&self) -> bool {
-        matches!(self, FsError::NotFound | FsError::Exists | FsError::NotEmpty)
+        matches!(
+            self,
+            FsError::NotFound | FsError::Exists | FsError::NotEmpty
+        )
     }
 }
 
@@ -114,12 +117,22 @@ mod tests {
     fn errno_table() {
         assert_eq!(svc(404, "BlobNotFound").errno(), libc::ENOENT);
         assert_eq!(svc(403, "AuthenticationFailed").errno(), libc::EACCES);
-        assert_eq!(svc(409, "BlobCustomerSpecifiedEncryptionMismatch").errno(), libc::EACCES);
+        assert_eq!(
+            svc(409, "BlobCustomerSpecifiedEncryptionMismatch").errno(),
+            libc::EACCES
+        );
         assert_eq!(svc(412, "ConditionNotMet").errno(), libc::ESTALE);
         assert_eq!(svc(409, "BlockCountExceedsLimit").errno(), libc::EFBIG);
         assert_eq!(svc(503, "ServerBusy").errno(), libc::EIO);
         assert_eq!(FsError::NotEmpty.errno(), libc::ENOTEMPTY);
-        assert_eq!(FsError::ForeignKey { path: "a".into(), sha256: "h".into() }.errno(), libc::EACCES);
+        assert_eq!(
+            FsError::ForeignKey {
+                path: "a".into(),
+                sha256: "h".into()
+            }
+            .errno(),
+            libc::EACCES
+        );
         let s = svc(409, "BlobCustomerSpecifiedEncryptionMismatch").to_string();
         assert!(s.contains("request id r"), "{s}");
     }

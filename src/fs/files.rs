@@ -16,10 +16,22 @@ use std::time::{Instant, SystemTime};
 
 impl Fs {
     fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
-        self.handles.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
     }
 
-    fn new_handle(&self, ino: u64, writable: bool, etag: Option<String>, size: u64, cpk: Option<Arc<CustomerKey>>) -> u64 {
+    fn new_handle(
+        &self,
+        ino: u64,
+        writable: bool,
+        etag: Option<String>,
+        size: u64,
+        cpk: Option<Arc<CustomerKey>>,
+    ) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let h = FileHandle {
             ino,
@@ -45,7 +57,10 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let s = node.snapshot();
-        if s.etag.is_some() && s.expires <= Instant::now() && node.write.try_lock().map(|w| w.is_none()).unwrap_or(false) {
+        if s.etag.is_some()
+            && s.expires <= Instant::now()
+            && node.write.try_lock().map(|w| w.is_none()).unwrap_or(false)
+        {
             self.getattr(ino).await?;
         }
         let s = node.snapshot();
@@ -71,7 +86,14 @@ impl Fs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn create(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> FsResult<(Entry, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Entry, u64)> {
         super::check_name(name)?;
         if self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -104,7 +126,13 @@ impl Fs {
         let node = self.inodes.upsert(parent, name, st);
         *node.write.lock().await = Some(WriteSession::new_empty(None));
         let fh = self.new_handle(node.ino, true, None, 0, None);
-        Ok((Entry { ino: node.ino, attr }, fh))
+        Ok((
+            Entry {
+                ino: node.ino,
+                attr,
+            },
+            fh,
+        ))
     }
 
     /// (etag, size, key) a read of this handle uses: its pinned version, or
@@ -131,7 +159,8 @@ impl Fs {
                         Ok(p) => p,
                         Err(_) => {
                             self.commit_locked(&node, ws, &path).await?;
-                            ws.read_plan(offset, size as u64).map_err(|_| FsError::Failed("read after commit".into()))?
+                            ws.read_plan(offset, size as u64)
+                                .map_err(|_| FsError::Failed("read after commit".into()))?
                         }
                     };
                     let base = ws.base_etag().map(str::to_string);
@@ -140,10 +169,18 @@ impl Fs {
                         match p {
                             ReadPiece::Data(b) => out.extend_from_slice(&b),
                             ReadPiece::Base(a, b) => {
-                                let cpk = self.key_for(&path, node.snapshot().cpk_sha256.as_deref()).ok().flatten();
+                                let cpk = self
+                                    .key_for(&path, node.snapshot().cpk_sha256.as_deref())
+                                    .ok()
+                                    .flatten();
                                 let (bytes, _) = self
                                     .client
-                                    .read_range(&path, ByteRange::new(a, b), cpk.as_deref(), &Conditions::if_match(base.clone().unwrap_or_default()))
+                                    .read_range(
+                                        &path,
+                                        ByteRange::new(a, b),
+                                        cpk.as_deref(),
+                                        &Conditions::if_match(base.clone().unwrap_or_default()),
+                                    )
                                     .await?;
                                 out.extend_from_slice(&bytes);
                             }
@@ -157,7 +194,8 @@ impl Fs {
         let Some(etag) = etag else {
             return Ok(Bytes::new());
         };
-        self.read_blob(&h, &path, &etag, fsize, offset, size as u64).await
+        self.read_blob(&h, &path, &etag, fsize, offset, size as u64)
+            .await
     }
 
     fn block_key(&self, path: &str, etag: &str, index: u64) -> BlockKey {
@@ -168,7 +206,14 @@ impl Fs {
         }
     }
 
-    fn fetch_block(&self, path: &str, etag: &str, fsize: u64, index: u64, cpk: Option<Arc<CustomerKey>>) -> futures::future::BoxFuture<'static, super::cache::FetchResult> {
+    fn fetch_block(
+        &self,
+        path: &str,
+        etag: &str,
+        fsize: u64,
+        index: u64,
+        cpk: Option<Arc<CustomerKey>>,
+    ) -> futures::future::BoxFuture<'static, super::cache::FetchResult> {
         let client = self.client.clone();
         let b = self.cfg.block_size;
         let (path, etag) = (path.to_string(), etag.to_string());
@@ -188,23 +233,40 @@ impl Fs {
         .boxed()
     }
 
-    async fn read_blob(&self, h: &FileHandle, path: &str, etag: &str, fsize: u64, offset: u64, len: u64) -> FsResult<Bytes> {
+    async fn read_blob(
+        &self,
+        h: &FileHandle,
+        path: &str,
+        etag: &str,
+        fsize: u64,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<Bytes> {
         if offset >= fsize || len == 0 {
             return Ok(Bytes::new());
         }
         let end = (offset + len).min(fsize);
         let b = self.cfg.block_size;
-        let max_window = self.cfg.max_readahead_blocks.min((self.cfg.cache_size / b / 4).max(1));
+        let max_window = self
+            .cfg
+            .max_readahead_blocks
+            .min((self.cfg.cache_size / b / 4).max(1));
         let window = {
             let mut seq = h.seq.lock().unwrap();
             let sequential = offset == 0 || offset == seq.0;
-            let w = if sequential { (seq.1 * 2).clamp(1, max_window) } else { 0 };
+            let w = if sequential {
+                (seq.1 * 2).clamp(1, max_window)
+            } else {
+                0
+            };
             *seq = (end, w);
             w
         };
         let first = offset / b;
         let last = (end - 1) / b;
-        let unwrap = |r: super::cache::FetchResult| r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e));
+        let unwrap = |r: super::cache::FetchResult| {
+            r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e))
+        };
         if window == 0 && first == last {
             // A random read: serve from the cache if the block is there,
             // otherwise fetch just the bytes asked for.
@@ -215,9 +277,20 @@ impl Fs {
             }
             let (bytes, _) = self
                 .client
-                .read_range(path, ByteRange::new(offset, end), h.cpk.as_deref(), &Conditions::if_match(etag.to_string()))
+                .read_range(
+                    path,
+                    ByteRange::new(offset, end),
+                    h.cpk.as_deref(),
+                    &Conditions::if_match(etag.to_string()),
+                )
                 .await
-                .map_err(|e| if e.status() == Some(412) { FsError::Stale(format!("{path}: the blob changed since it was opened")) } else { e.into() })?;
+                .map_err(|e| {
+                    if e.status() == Some(412) {
+                        FsError::Stale(format!("{path}: the blob changed since it was opened"))
+                    } else {
+                        e.into()
+                    }
+                })?;
             return Ok(bytes);
         }
         // Read-ahead: start fetching the next blocks without waiting.
@@ -258,7 +331,10 @@ impl Fs {
         let mut w = node.write.lock().await;
         let ws = w.as_mut().ok_or(FsError::BadHandle)?;
         loop {
-            match ws.write(&self.wctx, &path, offset, data, self.key.as_ref()).await? {
+            match ws
+                .write(&self.wctx, &path, offset, data, self.key.as_ref())
+                .await?
+            {
                 Outcome::Done => break,
                 Outcome::NeedsCommit => {
                     let r = self.commit_locked(&node, ws, &path).await?;
@@ -276,7 +352,12 @@ impl Fs {
 
     /// Commit the inode's pending writes, with its write lock held by the caller.
     /// Returns the new ETag.
-    pub(super) async fn commit_locked(&self, node: &Inode, ws: &mut WriteSession, path: &str) -> FsResult<String> {
+    pub(super) async fn commit_locked(
+        &self,
+        node: &Inode,
+        ws: &mut WriteSession,
+        path: &str,
+    ) -> FsResult<String> {
         let s = node.snapshot();
         if !ws.is_dirty() {
             return Ok(ws.base_etag().unwrap_or_default().to_string());
@@ -296,7 +377,10 @@ impl Fs {
             Ok(r) => {
                 tracing::debug!(path, etag = %r.etag, size = ws.size(), "committed");
                 if self.key.is_some() {
-                    self.cpk_meta.lock().unwrap().put((path.to_string(), r.etag.clone()), metadata);
+                    self.cpk_meta
+                        .lock()
+                        .unwrap()
+                        .put((path.to_string(), r.etag.clone()), metadata);
                 }
                 let mut st = node.state.lock().unwrap();
                 st.etag = Some(r.etag.clone());
@@ -343,13 +427,23 @@ impl Fs {
     }
 
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
-        let h = self.handles.lock().unwrap().remove(&fh).ok_or(FsError::BadHandle)?;
+        let h = self
+            .handles
+            .lock()
+            .unwrap()
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
         if !h.writable {
             return Ok(());
         }
         let node = self.node(ino)?;
         let res = self.commit_inode(&node).await;
-        let others = self.handles.lock().unwrap().values().any(|o| o.ino == ino && o.writable);
+        let others = self
+            .handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|o| o.ino == ino && o.writable);
         if !others {
             *node.write.lock().await = None;
         }
@@ -398,7 +492,8 @@ impl Fs {
                 res?;
             }
         }
-        let changes_meta = set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
+        let changes_meta =
+            set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
         if changes_meta {
             {
                 let mut st = node.state.lock().unwrap();
@@ -450,7 +545,10 @@ impl Fs {
                     metadata: s.attr.to_metadata(),
                     conditions: Conditions::default(),
                 };
-                let r = self.client.put_blob(path, Bytes::new(), &opts, None).await?;
+                let r = self
+                    .client
+                    .put_blob(path, Bytes::new(), &opts, None)
+                    .await?;
                 let mut st = node.state.lock().unwrap();
                 st.etag = Some(r.etag);
                 st.expires = self.expiry();
@@ -458,15 +556,26 @@ impl Fs {
             (_, Some(etag)) => {
                 let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
                 // Keep metadata written by other tools; replace ours.
-                let current = self.client.get_blob_properties(path, cpk.as_deref(), &Conditions::default()).await?;
+                let current = self
+                    .client
+                    .get_blob_properties(path, cpk.as_deref(), &Conditions::default())
+                    .await?;
                 let mut md = current.metadata;
                 md.extend(s.attr.to_metadata());
                 let r = self
                     .client
-                    .set_blob_metadata(path, &md, cpk.as_deref(), &Conditions::if_match(current.etag.clone()))
+                    .set_blob_metadata(
+                        path,
+                        &md,
+                        cpk.as_deref(),
+                        &Conditions::if_match(current.etag.clone()),
+                    )
                     .await?;
                 if cpk.is_some() {
-                    self.cpk_meta.lock().unwrap().put((path.to_string(), r.etag.clone()), md);
+                    self.cpk_meta
+                        .lock()
+                        .unwrap()
+                        .put((path.to_string(), r.etag.clone()), md);
                 }
                 // Only metadata changed: open handles may follow the new ETag.
                 let _ = etag;
@@ -486,7 +595,10 @@ impl FsError {
     fn with_errno_of(self, e: &Arc<FsError>) -> FsError {
         match &**e {
             FsError::Stale(s) => FsError::Stale(s.clone()),
-            FsError::ForeignKey { path, sha256 } => FsError::ForeignKey { path: path.clone(), sha256: sha256.clone() },
+            FsError::ForeignKey { path, sha256 } => FsError::ForeignKey {
+                path: path.clone(),
+                sha256: sha256.clone(),
+            },
             FsError::NotFound => FsError::NotFound,
             _ => self,
         }

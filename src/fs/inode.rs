@@ -94,7 +94,10 @@ impl InodeTable {
 
     pub fn child(&self, parent: u64, name: &str) -> Option<Arc<Inode>> {
         let t = self.t.lock().unwrap();
-        t.children.get(&(parent, name.to_string())).and_then(|i| t.by_ino.get(i)).cloned()
+        t.children
+            .get(&(parent, name.to_string()))
+            .and_then(|i| t.by_ino.get(i))
+            .cloned()
     }
 
     /// Blob path of an inode ("" for the root).
@@ -130,10 +133,18 @@ impl InodeTable {
                             fresh.attr
                         } else {
                             // Same ETag: keep the metadata learnt by HEAD.
-                            Attr { size: fresh.attr.size, ..s.attr }
+                            Attr {
+                                size: fresh.attr.size,
+                                ..s.attr
+                            }
                         };
                         let local_etag = s.local_etag.clone();
-                        *s = InodeState { attr, meta_known, local_etag, ..fresh };
+                        *s = InodeState {
+                            attr,
+                            meta_known,
+                            local_etag,
+                            ..fresh
+                        };
                     } else {
                         s.expires = fresh.expires;
                     }
@@ -177,7 +188,11 @@ impl InodeTable {
     }
 
     pub fn set_negative(&self, parent: u64, name: &str, until: Instant) {
-        self.t.lock().unwrap().negative.insert((parent, name.to_string()), until);
+        self.t
+            .lock()
+            .unwrap()
+            .negative
+            .insert((parent, name.to_string()), until);
     }
 
     pub fn is_negative(&self, parent: u64, name: &str) -> bool {
@@ -194,7 +209,11 @@ impl InodeTable {
     }
 
     pub fn clear_negative(&self, parent: u64, name: &str) {
-        self.t.lock().unwrap().negative.remove(&(parent, name.to_string()));
+        self.t
+            .lock()
+            .unwrap()
+            .negative
+            .remove(&(parent, name.to_string()));
     }
 
     /// A complete listing of `dir` was just seen: names not in it are absent.
@@ -203,7 +222,12 @@ impl InodeTable {
     }
 
     pub fn is_listed(&self, dir: u64) -> bool {
-        self.t.lock().unwrap().listed.get(&dir).is_some_and(|u| *u > Instant::now())
+        self.t
+            .lock()
+            .unwrap()
+            .listed
+            .get(&dir)
+            .is_some_and(|u| *u > Instant::now())
     }
 
     pub fn invalidate_listing(&self, dir: u64) {

@@ -6,12 +6,14 @@ pub mod attr;
 pub mod cache;
 pub mod dir;
 pub mod error;
-pub mod inode;
 mod files;
+pub mod inode;
 mod namespace;
 pub mod write;
 
-use crate::blob::{BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata};
+use crate::blob::{
+    BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata,
+};
 use attr::{Attr, AttrDefaults, Kind};
 use cache::BlockCache;
 use dir::{DirEntry, DirHandle};
@@ -116,7 +118,10 @@ fn check_name(name: &str) -> FsResult<()> {
         return Err(FsError::InvalidName(name.into(), "reserved name"));
     }
     if name.contains('\\') {
-        return Err(FsError::InvalidName(name.into(), "the service turns '\\' into '/'"));
+        return Err(FsError::InvalidName(
+            name.into(),
+            "the service turns '\\' into '/'",
+        ));
     }
     if name.len() > 255 {
         return Err(FsError::NameTooLong);
@@ -152,7 +157,9 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            cpk_meta: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(200_000).unwrap())),
+            cpk_meta: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(200_000).unwrap(),
+            )),
         })
     }
 
@@ -183,17 +190,28 @@ impl Fs {
     fn key_for(&self, path: &str, sha256: Option<&str>) -> FsResult<Option<Arc<CustomerKey>>> {
         match sha256 {
             None => Ok(None),
-            Some(h) => match &self.key {
-                Some(k) if k.sha256() == h => Ok(Some(k.clone())),
-                _ => {
-                    tracing::warn!(path, key_sha256 = h, "blob is encrypted with a customer-provided key this mount does not hold");
-                    Err(FsError::ForeignKey { path: path.into(), sha256: h.into() })
+            Some(h) => {
+                match &self.key {
+                    Some(k) if k.sha256() == h => Ok(Some(k.clone())),
+                    _ => {
+                        tracing::warn!(path, key_sha256 = h, "blob is encrypted with a customer-provided key this mount does not hold");
+                        Err(FsError::ForeignKey {
+                            path: path.into(),
+                            sha256: h.into(),
+                        })
+                    }
                 }
-            },
+            }
         }
     }
 
-    fn state_from_props(&self, parent: u64, name: &str, p: &BlobProperties, meta_known: bool) -> InodeState {
+    fn state_from_props(
+        &self,
+        parent: u64,
+        name: &str,
+        p: &BlobProperties,
+        meta_known: bool,
+    ) -> InodeState {
         InodeState {
             parent,
             name: name.to_string(),
@@ -235,7 +253,12 @@ impl Fs {
             if !ours {
                 continue;
             }
-            if let Some(md) = self.cpk_meta.lock().unwrap().get(&(it.name.clone(), p.etag.clone())) {
+            if let Some(md) = self
+                .cpk_meta
+                .lock()
+                .unwrap()
+                .get(&(it.name.clone(), p.etag.clone()))
+            {
                 p.metadata = md.clone();
                 p.metadata_encrypted = false;
                 continue;
@@ -251,7 +274,10 @@ impl Fs {
                 let name = items[i].name.clone();
                 let key = key.clone();
                 async move {
-                    let r = self.client.get_blob_properties(&name, key.as_deref(), &Conditions::default()).await;
+                    let r = self
+                        .client
+                        .get_blob_properties(&name, key.as_deref(), &Conditions::default())
+                        .await;
                     (i, r.ok())
                 }
             })
@@ -262,7 +288,10 @@ impl Fs {
             if let Some(p) = r {
                 let it = &mut items[i];
                 if p.etag == it.properties.etag {
-                    self.cpk_meta.lock().unwrap().put((it.name.clone(), p.etag.clone()), p.metadata.clone());
+                    self.cpk_meta
+                        .lock()
+                        .unwrap()
+                        .put((it.name.clone(), p.etag.clone()), p.metadata.clone());
                     it.properties.metadata = p.metadata;
                     it.properties.metadata_encrypted = false;
                 }
@@ -281,9 +310,14 @@ impl Fs {
         if let Some(child) = self.inodes.child(parent, name) {
             let s = child.snapshot();
             // Files not yet committed exist only here; fresh entries are trusted.
-            if (s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked) || s.expires > Instant::now() {
+            if (s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked)
+                || s.expires > Instant::now()
+            {
                 if s.meta_known {
-                    return Ok(Entry { ino: child.ino, attr: s.attr });
+                    return Ok(Entry {
+                        ino: child.ino,
+                        attr: s.attr,
+                    });
                 }
             }
         } else if self.inodes.is_negative(parent, name) || self.inodes.is_listed(parent) {
@@ -309,13 +343,17 @@ impl Fs {
             max_results: Some(1),
             ..Default::default()
         };
-        let (b, d) = tokio::join!(self.client.list_blobs(&blob_q), self.client.list_blobs(&dir_q));
+        let (b, d) = tokio::join!(
+            self.client.list_blobs(&blob_q),
+            self.client.list_blobs(&dir_q)
+        );
         let (b, d) = (b?, d?);
         let blob = b.blobs.into_iter().find(|x| x.name == path);
         let is_dir_prefix = !d.blobs.is_empty() || !d.prefixes.is_empty();
         if let Some(mut item) = blob {
             if item.properties.metadata_encrypted {
-                self.reveal_cpk_metadata(std::slice::from_mut(&mut item)).await;
+                self.reveal_cpk_metadata(std::slice::from_mut(&mut item))
+                    .await;
             }
             let known = !item.properties.metadata_encrypted;
             let st = self.state_from_props(parent, name, &item.properties, known);
@@ -323,19 +361,30 @@ impl Fs {
             if !(is_dir_prefix && st.attr.kind != Kind::Dir) {
                 let node = self.inodes.upsert(parent, name, st);
                 let attr = node.snapshot().attr;
-                return Ok(Entry { ino: node.ino, attr });
+                return Ok(Entry {
+                    ino: node.ino,
+                    attr,
+                });
             }
         }
         if is_dir_prefix {
-            let node = self.inodes.upsert(parent, name, self.implicit_dir_state(parent, name));
+            let node = self
+                .inodes
+                .upsert(parent, name, self.implicit_dir_state(parent, name));
             let attr = node.snapshot().attr;
-            return Ok(Entry { ino: node.ino, attr });
+            return Ok(Entry {
+                ino: node.ino,
+                attr,
+            });
         }
         if let Some(old) = self.inodes.child(parent, name) {
             let s = old.snapshot();
             if s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked {
                 // Created here, not committed yet.
-                return Ok(Entry { ino: old.ino, attr: s.attr });
+                return Ok(Entry {
+                    ino: old.ino,
+                    attr: s.attr,
+                });
             }
             self.inodes.remove_child(parent, name);
         }
@@ -346,9 +395,18 @@ impl Fs {
     pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
         let node = self.node(ino)?;
         let s = node.snapshot();
-        if ino == ROOT_INO || s.expires > Instant::now() || s.unlinked || s.etag.is_none() && s.attr.kind == Kind::File {
+        if ino == ROOT_INO
+            || s.expires > Instant::now()
+            || s.unlinked
+            || s.etag.is_none() && s.attr.kind == Kind::File
+        {
             let mut attr = s.attr;
-            if let Some(ws) = node.write.try_lock().ok().and_then(|w| w.as_ref().map(|w| w.size())) {
+            if let Some(ws) = node
+                .write
+                .try_lock()
+                .ok()
+                .and_then(|w| w.as_ref().map(|w| w.size()))
+            {
                 attr.size = ws;
             }
             return Ok(Entry { ino, attr });
@@ -366,7 +424,9 @@ impl Fs {
         let path = self.path_of(ino)?;
         match self.lookup_remote(s.parent, &s.name, &path).await {
             Ok(e) if e.ino == ino => Ok(e),
-            Ok(_) => Err(FsError::Stale(format!("{path}: replaced by an object of another kind"))),
+            Ok(_) => Err(FsError::Stale(format!(
+                "{path}: replaced by an object of another kind"
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -379,12 +439,16 @@ impl Fs {
             return Err(FsError::NotDir);
         }
         let path = self.path_of(ino)?;
-        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .lock()
-            .unwrap()
-            .insert(fh, Arc::new(tokio::sync::Mutex::new(DirHandle::new(ino, prefix))));
+        self.dirs.lock().unwrap().insert(
+            fh,
+            Arc::new(tokio::sync::Mutex::new(DirHandle::new(ino, prefix))),
+        );
         Ok(fh)
     }
 
@@ -395,7 +459,13 @@ impl Fs {
     /// Entries from `offset` on; the caller takes as many as fit and asks
     /// again with the offset of the next one.
     pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let h = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        let h = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
         let mut h = h.lock().await;
         if offset < h.base {
             h.reset();
@@ -427,7 +497,10 @@ impl Fs {
                 .into_iter()
                 .filter(|(n, node)| {
                     let s = node.snapshot();
-                    s.etag.is_none() && !s.unlinked && s.attr.kind == Kind::File && !h.seen.contains(n)
+                    s.etag.is_none()
+                        && !s.unlinked
+                        && s.attr.kind == Kind::File
+                        && !h.seen.contains(n)
                 })
                 .collect();
             local.sort_by(|a, b| a.0.cmp(&b.0));
@@ -462,10 +535,16 @@ impl Fs {
                 continue;
             }
             let known = !b.properties.metadata_encrypted;
-            entries.push((n.clone(), self.state_from_props(ino, &n, &b.properties, known)));
+            entries.push((
+                n.clone(),
+                self.state_from_props(ino, &n, &b.properties, known),
+            ));
         }
         // Sort by name, directories (marker or prefix) merged into one entry.
-        entries.sort_by(|a, b| a.0.cmp(&b.0).then((a.1.attr.kind != Kind::Dir).cmp(&(b.1.attr.kind != Kind::Dir))));
+        entries.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then((a.1.attr.kind != Kind::Dir).cmp(&(b.1.attr.kind != Kind::Dir)))
+        });
         for (n, st) in entries {
             if h.seen.contains(&n) {
                 continue;
@@ -511,5 +590,12 @@ impl Fs {
             }
         }
         failures
+    }
+}
+
+impl Fs {
+    /// The customer-provided key hash a file is encrypted with (None: plain).
+    pub fn key_sha256_of(&self, ino: u64) -> FsResult<Option<String>> {
+        Ok(self.node(ino)?.snapshot().cpk_sha256)
     }
 }

@@ -9,7 +9,14 @@ use bytes::Bytes;
 use std::time::{Instant, SystemTime};
 
 impl Fs {
-    fn child_state(&self, parent: u64, name: &str, attr: Attr, etag: String, cpk: Option<String>) -> InodeState {
+    fn child_state(
+        &self,
+        parent: u64,
+        name: &str,
+        attr: Attr,
+        etag: String,
+        cpk: Option<String>,
+    ) -> InodeState {
         InodeState {
             parent,
             name: name.to_string(),
@@ -31,7 +38,14 @@ impl Fs {
         }
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32, uid: u32, gid: u32) -> FsResult<Entry> {
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Entry> {
         check_name(name)?;
         if self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -39,19 +53,45 @@ impl Fs {
         self.must_not_exist(parent, name).await?;
         let path = join(&self.path_of(parent)?, name);
         let now = SystemTime::now();
-        let attr = Attr { kind: Kind::Dir, size: 0, perm: (mode & 0o7777) as u16, uid, gid, mtime: now, ctime: now };
+        let attr = Attr {
+            kind: Kind::Dir,
+            size: 0,
+            perm: (mode & 0o7777) as u16,
+            uid,
+            gid,
+            mtime: now,
+            ctime: now,
+        };
         // Markers are written without the CPK so listings (which hide CPK
         // blobs' metadata) still show `hdi_isfolder`; they hold no data.
-        let opts = CommitOptions { content_type: None, metadata: attr.to_metadata(), conditions: Conditions::default() };
-        let r = self.client.put_blob(&path, Bytes::new(), &opts, None).await?;
-        let node = self.inodes.upsert(parent, name, self.child_state(parent, name, attr, r.etag, None));
-        Ok(Entry { ino: node.ino, attr })
+        let opts = CommitOptions {
+            content_type: None,
+            metadata: attr.to_metadata(),
+            conditions: Conditions::default(),
+        };
+        let r = self
+            .client
+            .put_blob(&path, Bytes::new(), &opts, None)
+            .await?;
+        let node = self.inodes.upsert(
+            parent,
+            name,
+            self.child_state(parent, name, attr, r.etag, None),
+        );
+        Ok(Entry {
+            ino: node.ino,
+            attr,
+        })
     }
 
     async fn dir_is_empty(&self, ino: u64, path: &str) -> FsResult<bool> {
         let page = self
             .client
-            .list_blobs(&ListOptions { prefix: Some(format!("{path}/")), max_results: Some(1), ..Default::default() })
+            .list_blobs(&ListOptions {
+                prefix: Some(format!("{path}/")),
+                max_results: Some(1),
+                ..Default::default()
+            })
             .await?;
         if !page.blobs.is_empty() || !page.prefixes.is_empty() {
             return Ok(false);
@@ -111,7 +151,14 @@ impl Fs {
         Ok(())
     }
 
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str, uid: u32, gid: u32) -> FsResult<Entry> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Entry> {
         check_name(name)?;
         if self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -119,12 +166,39 @@ impl Fs {
         self.must_not_exist(parent, name).await?;
         let path = join(&self.path_of(parent)?, name);
         let now = SystemTime::now();
-        let attr = Attr { kind: Kind::Symlink, size: target.len() as u64, perm: 0o777, uid, gid, mtime: now, ctime: now };
-        let opts = CommitOptions { content_type: None, metadata: attr.to_metadata(), conditions: Conditions::default() };
-        let r = self.client.put_blob(&path, Bytes::copy_from_slice(target.as_bytes()), &opts, self.key.as_deref()).await?;
+        let attr = Attr {
+            kind: Kind::Symlink,
+            size: target.len() as u64,
+            perm: 0o777,
+            uid,
+            gid,
+            mtime: now,
+            ctime: now,
+        };
+        let opts = CommitOptions {
+            content_type: None,
+            metadata: attr.to_metadata(),
+            conditions: Conditions::default(),
+        };
+        let r = self
+            .client
+            .put_blob(
+                &path,
+                Bytes::copy_from_slice(target.as_bytes()),
+                &opts,
+                self.key.as_deref(),
+            )
+            .await?;
         let cpk = self.key.as_ref().map(|k| k.sha256().to_string());
-        let node = self.inodes.upsert(parent, name, self.child_state(parent, name, attr, r.etag, cpk));
-        Ok(Entry { ino: node.ino, attr })
+        let node = self.inodes.upsert(
+            parent,
+            name,
+            self.child_state(parent, name, attr, r.etag, cpk),
+        );
+        Ok(Entry {
+            ino: node.ino,
+            attr,
+        })
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
@@ -135,7 +209,15 @@ impl Fs {
         }
         let path = self.path_of(ino)?;
         let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
-        let (b, _) = self.client.read_range(&path, ByteRange::from(0), cpk.as_deref(), &Conditions::default()).await?;
+        let (b, _) = self
+            .client
+            .read_range(
+                &path,
+                ByteRange::from(0),
+                cpk.as_deref(),
+                &Conditions::default(),
+            )
+            .await?;
         Ok(b)
     }
 
@@ -151,21 +233,32 @@ impl Fs {
                 let deadline = Instant::now() + std::time::Duration::from_secs(600);
                 while status.as_deref() == Some("pending") {
                     if Instant::now() > deadline {
-                        return Err(FsError::Failed(format!("copy of {src} to {dst} still pending after 10 minutes")));
+                        return Err(FsError::Failed(format!(
+                            "copy of {src} to {dst} still pending after 10 minutes"
+                        )));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    let p = self.client.get_blob_properties(dst, None, &Conditions::default()).await?;
+                    let p = self
+                        .client
+                        .get_blob_properties(dst, None, &Conditions::default())
+                        .await?;
                     etag = Some(p.etag.clone());
                     status = p.copy_status.clone();
                     if status.as_deref() == Some("failed") || status.as_deref() == Some("aborted") {
-                        return Err(FsError::Failed(format!("copy of {src} to {dst} {}", status.unwrap_or_default())));
+                        return Err(FsError::Failed(format!(
+                            "copy of {src} to {dst} {}",
+                            status.unwrap_or_default()
+                        )));
                     }
                 }
                 Ok(etag.unwrap_or_default())
             }
             Some(h) => {
                 let key = self.key_for(src, Some(h))?;
-                let props = self.client.get_blob_properties(src, key.as_deref(), &Conditions::default()).await?;
+                let props = self
+                    .client
+                    .get_blob_properties(src, key.as_deref(), &Conditions::default())
+                    .await?;
                 let opts = CommitOptions {
                     content_type: props.content_type.clone(),
                     metadata: props.metadata.clone(),
@@ -174,8 +267,15 @@ impl Fs {
                 let cond = Conditions::if_match(props.etag.clone());
                 let b = self.cfg.block_size;
                 if props.content_length <= b {
-                    let (data, _) = self.client.read_range(src, ByteRange::from(0), key.as_deref(), &cond).await?;
-                    return Ok(self.client.put_blob(dst, data, &opts, self.key.as_deref()).await?.etag);
+                    let (data, _) = self
+                        .client
+                        .read_range(src, ByteRange::from(0), key.as_deref(), &cond)
+                        .await?;
+                    return Ok(self
+                        .client
+                        .put_blob(dst, data, &opts, self.key.as_deref())
+                        .await?
+                        .etag);
                 }
                 let ids = BlockIdGen::new();
                 let mut refs = vec![];
@@ -183,19 +283,35 @@ impl Fs {
                 let mut seq = 0;
                 while off < props.content_length {
                     let end = (off + b).min(props.content_length);
-                    let (data, _) = self.client.read_range(src, ByteRange::new(off, end), key.as_deref(), &cond).await?;
+                    let (data, _) = self
+                        .client
+                        .read_range(src, ByteRange::new(off, end), key.as_deref(), &cond)
+                        .await?;
                     let id = ids.id(seq);
                     seq += 1;
-                    self.client.put_block(dst, &id, data, self.key.as_deref()).await?;
+                    self.client
+                        .put_block(dst, &id, data, self.key.as_deref())
+                        .await?;
                     refs.push(BlockRef::Uncommitted(id));
                     off = end;
                 }
-                Ok(self.client.put_block_list(dst, &refs, &opts, self.key.as_deref()).await?.etag)
+                Ok(self
+                    .client
+                    .put_block_list(dst, &refs, &opts, self.key.as_deref())
+                    .await?
+                    .etag)
             }
         }
     }
 
-    pub async fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, noreplace: bool) -> FsResult<()> {
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        noreplace: bool,
+    ) -> FsResult<()> {
         check_name(new_name)?;
         if self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -252,8 +368,14 @@ impl Fs {
         self.commit_inode(&node).await?;
         let s = node.snapshot();
         if let Some(etag) = &s.etag {
-            let new_etag = self.copy_one(&src_path, &dst_path, s.cpk_sha256.as_deref()).await?;
-            match self.client.delete_blob(&src_path, &Conditions::if_match(etag.clone())).await {
+            let new_etag = self
+                .copy_one(&src_path, &dst_path, s.cpk_sha256.as_deref())
+                .await?;
+            match self
+                .client
+                .delete_blob(&src_path, &Conditions::if_match(etag.clone()))
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => {
@@ -290,15 +412,24 @@ impl Fs {
                 }
             }
         }
-        let mut pager = self.client.list_pager(ListOptions { prefix: Some(format!("{src}/")), max_results: Some(5000), ..Default::default() });
+        let mut pager = self.client.list_pager(ListOptions {
+            prefix: Some(format!("{src}/")),
+            max_results: Some(5000),
+            ..Default::default()
+        });
         let mut failures = 0usize;
         let mut moved = 0usize;
         while let Some(page) = pager.next_page().await? {
             for b in page.blobs {
                 let to = format!("{dst}{}", &b.name[src.len()..]);
                 let res = async {
-                    self.copy_one(&b.name, &to, b.properties.cpk_sha256.as_deref()).await?;
-                    match self.client.delete_blob(&b.name, &Conditions::default()).await {
+                    self.copy_one(&b.name, &to, b.properties.cpk_sha256.as_deref())
+                        .await?;
+                    match self
+                        .client
+                        .delete_blob(&b.name, &Conditions::default())
+                        .await
+                    {
                         Ok(()) => Ok(()),
                         Err(e) if e.is_not_found() => Ok(()),
                         Err(e) => Err(FsError::from(e)),
@@ -315,7 +446,11 @@ impl Fs {
             }
         }
         // The marker (if the directory has one).
-        match self.client.get_blob_properties(src, None, &Conditions::default()).await {
+        match self
+            .client
+            .get_blob_properties(src, None, &Conditions::default())
+            .await
+        {
             Ok(_) => {
                 self.copy_one(src, dst, None).await?;
                 let _ = self.client.delete_blob(src, &Conditions::default()).await;
@@ -323,7 +458,11 @@ impl Fs {
             Err(e) if e.is_not_found() => {
                 // Implicit source: keep the destination a directory even if empty.
                 let attr = Attr::new_dir(&self.cfg.defaults);
-                let opts = CommitOptions { content_type: None, metadata: attr.to_metadata(), conditions: Conditions::default() };
+                let opts = CommitOptions {
+                    content_type: None,
+                    metadata: attr.to_metadata(),
+                    conditions: Conditions::default(),
+                };
                 self.client.put_blob(dst, Bytes::new(), &opts, None).await?;
             }
             Err(e) => return Err(e.into()),

@@ -10,8 +10,8 @@
 
 use super::error::{FsError, FsResult};
 use crate::blob::{
-    BlobClient, BlobError, BlockIdGen, BlockListType, BlockRef, ByteRange, CommitOptions, Conditions, CustomerKey,
-    WriteResult,
+    BlobClient, BlobError, BlockIdGen, BlockListType, BlockRef, ByteRange, CommitOptions,
+    Conditions, CustomerKey, WriteResult,
 };
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -135,7 +135,10 @@ impl WriteSession {
         }
         let mut extents = vec![];
         if self.size > 0 {
-            let list = ctx.client.get_block_list(name, BlockListType::Committed).await?;
+            let list = ctx
+                .client
+                .get_block_list(name, BlockListType::Committed)
+                .await?;
             let total: u64 = list.committed.iter().map(|b| b.size).sum();
             let id_len = self.ids.id(0).len();
             let reusable = total == self.size
@@ -171,7 +174,9 @@ impl WriteSession {
 
     /// Split the extent containing `pos` so that an extent starts at `pos`.
     fn split_at(&mut self, pos: u64) -> Result<(), ()> {
-        let Some(i) = self.find(pos) else { return Ok(()) };
+        let Some(i) = self.find(pos) else {
+            return Ok(());
+        };
         let e = &mut self.extents[i];
         if e.start == pos {
             return Ok(());
@@ -211,13 +216,25 @@ impl WriteSession {
             .sum()
     }
 
-    async fn start_upload(&mut self, ctx: &WriteContext, name: &str, i: usize, key: Option<&Arc<CustomerKey>>) {
+    async fn start_upload(
+        &mut self,
+        ctx: &WriteContext,
+        name: &str,
+        i: usize,
+        key: Option<&Arc<CustomerKey>>,
+    ) {
         let id = self.ids.id(self.seq);
         self.seq += 1;
-        let ExtState::Dirty(buf) = std::mem::replace(&mut self.extents[i].state, ExtState::Remote) else {
+        let ExtState::Dirty(buf) = std::mem::replace(&mut self.extents[i].state, ExtState::Remote)
+        else {
             unreachable!("only dirty extents are uploaded")
         };
-        let permit = ctx.upload_slots.clone().acquire_owned().await.expect("semaphore open");
+        let permit = ctx
+            .upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let client = ctx.client.clone();
         let (name, key, bid) = (name.to_string(), key.cloned(), id.clone());
         let body = buf.freeze();
@@ -230,25 +247,46 @@ impl WriteSession {
     }
 
     /// Load the bytes of `[start, start+len)` of the base blob.
-    async fn load(&self, ctx: &WriteContext, name: &str, start: u64, len: u64) -> FsResult<BytesMut> {
+    async fn load(
+        &self,
+        ctx: &WriteContext,
+        name: &str,
+        start: u64,
+        len: u64,
+    ) -> FsResult<BytesMut> {
         let cond = Conditions::if_match(self.base_etag.clone().unwrap_or_default());
         let (bytes, _) = ctx
             .client
-            .read_range(name, ByteRange::new(start, start + len), self.base_cpk.as_deref(), &cond)
+            .read_range(
+                name,
+                ByteRange::new(start, start + len),
+                self.base_cpk.as_deref(),
+                &cond,
+            )
             .await?;
         if bytes.len() as u64 != len {
-            return Err(FsError::Stale(format!("{name}: short read while loading a block for modification")));
+            return Err(FsError::Stale(format!(
+                "{name}: short read while loading a block for modification"
+            )));
         }
         Ok(BytesMut::from(&bytes[..]))
     }
 
     /// Make the extent covering `pos` a dirty buffer of at most one block.
-    async fn make_dirty(&mut self, ctx: &WriteContext, name: &str, pos: u64) -> FsResult<Option<usize>> {
+    async fn make_dirty(
+        &mut self,
+        ctx: &WriteContext,
+        name: &str,
+        pos: u64,
+    ) -> FsResult<Option<usize>> {
         let i = self.find(pos).expect("pos inside the file");
         if matches!(self.extents[i].state, ExtState::Dirty(_)) {
             return Ok(Some(i));
         }
-        if matches!(self.extents[i].state, ExtState::Uploading(..) | ExtState::Staged(_)) {
+        if matches!(
+            self.extents[i].state,
+            ExtState::Uploading(..) | ExtState::Staged(_)
+        ) {
             return Ok(None);
         }
         let e = &self.extents[i];
@@ -256,7 +294,11 @@ impl WriteSession {
         let g0 = (pos / b * b).max(e.start);
         let g1 = (g0 + b).min(e.end());
         // An extent of exactly one committed block is loaded whole.
-        let (g0, g1) = if e.len <= b { (e.start, e.end()) } else { (g0, g1) };
+        let (g0, g1) = if e.len <= b {
+            (e.start, e.end())
+        } else {
+            (g0, g1)
+        };
         if self.split_at(g0).is_err() || self.split_at(g1).is_err() {
             return Ok(None);
         }
@@ -325,16 +367,23 @@ impl WriteSession {
             };
             let e = &mut self.extents[i];
             let upto = end.min(e.end());
-            let ExtState::Dirty(buf) = &mut e.state else { unreachable!() };
+            let ExtState::Dirty(buf) = &mut e.state else {
+                unreachable!()
+            };
             let from = (pos - e.start) as usize;
-            buf[from..from + (upto - pos) as usize].copy_from_slice(&data[(pos - offset) as usize..(upto - offset) as usize]);
+            buf[from..from + (upto - pos) as usize]
+                .copy_from_slice(&data[(pos - offset) as usize..(upto - offset) as usize]);
             pos = upto;
         }
         // Append.
         while pos < end {
             let cap = self.grow_size(ctx);
             let need_new = match self.extents.last() {
-                Some(Extent { state: ExtState::Dirty(_), len, .. }) => *len >= cap,
+                Some(Extent {
+                    state: ExtState::Dirty(_),
+                    len,
+                    ..
+                }) => *len >= cap,
                 _ => true,
             };
             if need_new {
@@ -347,7 +396,9 @@ impl WriteSession {
             }
             let last = self.extents.last_mut().unwrap();
             let n = (cap - last.len).min(end - pos);
-            let ExtState::Dirty(buf) = &mut last.state else { unreachable!() };
+            let ExtState::Dirty(buf) = &mut last.state else {
+                unreachable!()
+            };
             buf.extend_from_slice(&data[(pos - offset) as usize..(pos - offset + n) as usize]);
             last.len += n;
             self.size += n;
@@ -361,7 +412,8 @@ impl WriteSession {
         // Bound memory under random writes: stage full dirty blocks early.
         if self.dirty_bytes() > ctx.max_dirty {
             for i in 0..self.extents.len() {
-                let full = matches!(self.extents[i].state, ExtState::Dirty(_)) && self.extents[i].len >= ctx.block_size;
+                let full = matches!(self.extents[i].state, ExtState::Dirty(_))
+                    && self.extents[i].len >= ctx.block_size;
                 if full {
                     self.start_upload(ctx, name, i, key).await;
                 }
@@ -370,7 +422,12 @@ impl WriteSession {
         Ok(Outcome::Done)
     }
 
-    pub async fn truncate(&mut self, ctx: &WriteContext, name: &str, new_size: u64) -> FsResult<Outcome> {
+    pub async fn truncate(
+        &mut self,
+        ctx: &WriteContext,
+        name: &str,
+        new_size: u64,
+    ) -> FsResult<Outcome> {
         if let Some(f) = &self.failed {
             return Err(FsError::Failed(f.clone()));
         }
@@ -432,9 +489,14 @@ impl WriteSession {
             match &e.state {
                 ExtState::Dirty(buf) => {
                     let a = (pos - e.start) as usize;
-                    out.push(ReadPiece::Data(Bytes::copy_from_slice(&buf[a..a + (upto - pos) as usize])));
+                    out.push(ReadPiece::Data(Bytes::copy_from_slice(
+                        &buf[a..a + (upto - pos) as usize],
+                    )));
                 }
-                ExtState::Zero => out.push(ReadPiece::Data(Bytes::from(vec![0u8; (upto - pos) as usize]))),
+                ExtState::Zero => out.push(ReadPiece::Data(Bytes::from(vec![
+                    0u8;
+                    (upto - pos) as usize
+                ]))),
                 ExtState::Committed(_) | ExtState::Remote => out.push(ReadPiece::Base(pos, upto)),
                 ExtState::Uploading(..) | ExtState::Staged(_) => return Err(Outcome::NeedsCommit),
             }
@@ -483,18 +545,25 @@ impl WriteSession {
         // Wait for blocks in flight.
         for e in self.extents.iter_mut() {
             if let ExtState::Uploading(..) = e.state {
-                let ExtState::Uploading(id, task) = std::mem::replace(&mut e.state, ExtState::Remote) else {
+                let ExtState::Uploading(id, task) =
+                    std::mem::replace(&mut e.state, ExtState::Remote)
+                else {
                     unreachable!()
                 };
                 match task.await {
                     Ok(Ok(())) => e.state = ExtState::Staged(id),
                     Ok(Err(err)) => return Err(err.into()),
-                    Err(join) => return Err(FsError::Failed(format!("block upload task failed: {join}"))),
+                    Err(join) => {
+                        return Err(FsError::Failed(format!("block upload task failed: {join}")))
+                    }
                 }
             }
         }
         // A small file made only of local bytes goes up in one Put Blob.
-        let all_local = self.extents.iter().all(|e| matches!(e.state, ExtState::Dirty(_) | ExtState::Zero));
+        let all_local = self
+            .extents
+            .iter()
+            .all(|e| matches!(e.state, ExtState::Dirty(_) | ExtState::Zero));
         if all_local && self.size <= ctx.block_size {
             let mut body = BytesMut::with_capacity(self.size as usize);
             for e in &self.extents {
@@ -504,7 +573,10 @@ impl WriteSession {
                 }
             }
             opts.conditions = Conditions::default();
-            let r = ctx.client.put_blob(name, body.freeze(), &opts, key.map(|k| &**k)).await?;
+            let r = ctx
+                .client
+                .put_blob(name, body.freeze(), &opts, key.map(|k| &**k))
+                .await?;
             // The blob has no committed block list: later edits copy it.
             self.extents = vec![];
             self.layout_known = self.size == 0;
@@ -522,7 +594,11 @@ impl WriteSession {
                             ExtState::Zero => ExtState::Zero,
                             _ => ExtState::Remote,
                         };
-                        pieces.push(Extent { start: s, len: n, state: st });
+                        pieces.push(Extent {
+                            start: s,
+                            len: n,
+                            state: st,
+                        });
                         s += n;
                     }
                 }
@@ -579,7 +655,12 @@ impl WriteSession {
                         None => {
                             let cond = Conditions::if_match(base_etag.unwrap_or_default());
                             client
-                                .read_range(name, ByteRange::new(start, start + len), base_cpk.as_deref(), &cond)
+                                .read_range(
+                                    name,
+                                    ByteRange::new(start, start + len),
+                                    base_cpk.as_deref(),
+                                    &cond,
+                                )
                                 .await?
                                 .0
                         }
@@ -599,7 +680,14 @@ impl WriteSession {
             refs.push(match &e.state {
                 ExtState::Committed(id) => BlockRef::Committed(id.clone()),
                 ExtState::Staged(id) => BlockRef::Uncommitted(id.clone()),
-                ExtState::Zero => BlockRef::Latest(self.zero_ids.iter().find(|(l, _)| *l == e.len).unwrap().1.clone()),
+                ExtState::Zero => BlockRef::Latest(
+                    self.zero_ids
+                        .iter()
+                        .find(|(l, _)| *l == e.len)
+                        .unwrap()
+                        .1
+                        .clone(),
+                ),
                 _ => unreachable!("everything is staged by now"),
             });
         }
@@ -607,7 +695,10 @@ impl WriteSession {
             Some(e) => Conditions::if_match(e.clone()),
             None => Conditions::default(),
         };
-        let r = ctx.client.put_block_list(name, &refs, &opts, keyref).await?;
+        let r = ctx
+            .client
+            .put_block_list(name, &refs, &opts, keyref)
+            .await?;
         // The new blob's committed list is exactly `refs`.
         for (e, r) in self.extents.iter_mut().zip(refs) {
             let (BlockRef::Committed(id) | BlockRef::Uncommitted(id) | BlockRef::Latest(id)) = r;
