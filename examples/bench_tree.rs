@@ -1,0 +1,78 @@
+//! Benchmark helper for `scripts/bench-mount`: create N small blobs under a
+//! prefix (with or without a CPK), or time listing that prefix with the
+//! delimiter (what `ls` of the directory costs in List Blobs requests alone).
+//!
+//! usage: bench_tree populate|list ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]
+
+use bytes::Bytes;
+use cpkfs::blob::*;
+use futures::stream::{self, StreamExt};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() < 7 {
+        eprintln!("usage: bench_tree populate|list ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]");
+        std::process::exit(2);
+    }
+    let (mode, endpoint, ca, container, prefix) = (&a[1], &a[2], &a[3], &a[4], &a[5]);
+    let n: usize = a[6].parse()?;
+    let cred = Credential::SharedKey(Arc::new(SharedKeyCredential::new(
+        DEV_ACCOUNT,
+        vec![AccountKey::from_base64(DEV_ACCOUNT_KEY)?],
+    )?));
+    let mut cfg = ClientConfig::new(endpoint, DEV_ACCOUNT, container, cred);
+    cfg.ca_pem = Some(std::fs::read(ca)?);
+    if let Some(f) = a.get(7) {
+        cfg.cpk = Some(Arc::new(CustomerKey::from_base64(std::fs::read_to_string(f)?.trim(), None)?));
+    }
+    let client = BlobClient::new(cfg)?;
+    match mode.as_str() {
+        "populate" => {
+            let _ = client.create_container().await;
+            let key = client.cpk().cloned();
+            let t = Instant::now();
+            let results: Vec<Result<WriteResult, BlobError>> = stream::iter(0..n)
+                .map(|i| {
+                    let client = client.clone();
+                    let key = key.clone();
+                    let name = format!("{prefix}/f{i:06}");
+                    async move {
+                        let opts = CommitOptions::default();
+                        client.put_blob(&name, Bytes::from(format!("file {i}\n")), &opts, key.as_deref()).await
+                    }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
+            println!("populated {n} blobs in {:.2} s", t.elapsed().as_secs_f64());
+        }
+        "list" => {
+            let t = Instant::now();
+            let mut pager = client.list_pager(ListOptions {
+                prefix: Some(format!("{prefix}/")),
+                delimiter: Some("/".into()),
+                include_metadata: true,
+                max_results: Some(5000),
+                ..Default::default()
+            });
+            let mut count = 0;
+            let mut pages = 0;
+            while let Some(p) = pager.next_page().await? {
+                count += p.blobs.len() + p.prefixes.len();
+                pages += 1;
+            }
+            println!("listed {count} entries in {pages} pages in {:.3} s", t.elapsed().as_secs_f64());
+            if count < n {
+                return Err(format!("expected {n} entries, listed {count}").into());
+            }
+        }
+        m => return Err(format!("unknown mode {m}").into()),
+    }
+    Ok(())
+}
