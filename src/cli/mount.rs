@@ -1,0 +1,448 @@
+//! `cpkfs mount`: resolve settings, check everything that can be checked
+//! before mounting (each failure with its own message), mount, and — unless in
+//! the foreground — return only once the mount is live.
+
+use super::logging;
+use super::settings::Settings;
+use super::MountArgs;
+use crate::blob::{
+    AccountKey, BlobClient, BlobError, ClientConfig, Credential, CustomerKey, SasToken,
+    SharedKeyCredential, TransportKind,
+};
+use crate::fs::attr::AttrDefaults;
+use crate::fs::{Fs, FsConfig};
+use crate::fuse::FuseAdapter;
+use anyhow::{anyhow, bail, Context, Result};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Set in the detached child of a background mount.
+const CHILD_ENV: &str = "CPKFS_INTERNAL_DAEMON_CHILD";
+
+pub struct Plan {
+    pub s: Settings,
+    pub mountpoint: PathBuf,
+}
+
+pub fn resolve(a: &MountArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan> {
+    let opts = a.option_settings()?;
+    let config = a
+        .config
+        .clone()
+        .or_else(|| super::settings::config_from_o(&a.options));
+    let file = match &config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the config file {}", p.display()))?;
+            Settings::from_toml(&text, &p.display().to_string())?
+        }
+        None => Settings::default(),
+    };
+    let s = file.overlay(Settings::from_env(env)?).overlay(opts);
+    let mountpoint = a
+        .mountpoint
+        .clone()
+        .ok_or_else(|| anyhow!("no mount point given"))?;
+    Ok(Plan { s, mountpoint })
+}
+
+/// Read a secret file, refusing files others can read (as ssh does).
+fn read_secret_file(path: &Path, what: &str, allow_open: bool) -> Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))?;
+    if !allow_open && meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "the {what} file {} is readable by group or others (mode {:o}): run `chmod 600 {}` (or set allow_open_key_files)",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))
+}
+
+pub fn load_cpk(s: &Settings) -> Result<Option<Arc<CustomerKey>>> {
+    let Some(f) = &s.cpk_file else {
+        return Ok(None);
+    };
+    let text = read_secret_file(
+        f,
+        "customer-provided key",
+        s.allow_open_key_files.unwrap_or(false),
+    )?;
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let key = CustomerKey::from_base64(first, s.cpk_sha256.as_deref())
+        .with_context(|| format!("the customer-provided key file {}", f.display()))?;
+    Ok(Some(Arc::new(key)))
+}
+
+pub fn build_client(s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<BlobClient> {
+    let account = s
+        .account
+        .clone()
+        .ok_or_else(|| anyhow!("no account: set account (or AZURE_STORAGE_ACCOUNT)"))?;
+    let container = s
+        .container
+        .clone()
+        .ok_or_else(|| anyhow!("no container: set container"))?;
+    let endpoint = s
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+    let allow_open = s.allow_open_key_files.unwrap_or(false);
+    let credential = if let Some(f) = &s.account_key_file {
+        let f2 = f.clone();
+        let text = read_secret_file(f, "account key", allow_open)?;
+        let keys =
+            parse_keys(&text).with_context(|| format!("the account key file {}", f.display()))?;
+        // Re-read the file when the service rejects the key (rotation).
+        let reload: crate::blob::credentials::KeyReloader = Arc::new(move || {
+            let text = std::fs::read_to_string(&f2).map_err(|e| e.to_string())?;
+            parse_keys(&text).map_err(|e| e.to_string())
+        });
+        Credential::SharedKey(Arc::new(
+            SharedKeyCredential::new(&account, keys)?.with_reloader(reload),
+        ))
+    } else if let Some(k) = env("AZURE_STORAGE_KEY") {
+        let key = AccountKey::from_base64(&k).context("AZURE_STORAGE_KEY")?;
+        Credential::SharedKey(Arc::new(SharedKeyCredential::new(&account, vec![key])?))
+    } else if let Some(f) = &s.sas_token_file {
+        Credential::Sas(SasToken::parse(&read_secret_file(
+            f,
+            "SAS token",
+            allow_open,
+        )?)?)
+    } else if let Some(t) = env("AZURE_STORAGE_SAS_TOKEN") {
+        Credential::Sas(SasToken::parse(&t).context("AZURE_STORAGE_SAS_TOKEN")?)
+    } else {
+        bail!("no credentials: set account_key_file or sas_token_file (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)");
+    };
+    let mut cfg = ClientConfig::new(&endpoint, &account, &container, credential);
+    cfg.cpk = load_cpk(s)?;
+    if let Some(ca) = &s.ca_file {
+        cfg.ca_pem = Some(
+            std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA file {}", ca.display()))?,
+        );
+    }
+    Ok(BlobClient::new(cfg)?)
+}
+
+fn parse_keys(text: &str) -> Result<Vec<AccountKey>> {
+    let keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(AccountKey::from_base64)
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        bail!("it holds no key");
+    }
+    Ok(keys)
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(mountpoint) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && Path::new(&f[4].replace("\\040", " ")) == canon
+    })
+}
+
+fn check_mountpoint(p: &Path, nonempty: bool) -> Result<()> {
+    let m = std::fs::metadata(p).map_err(|e| {
+        anyhow!(
+            "mount point {} does not exist or cannot be reached: {e}",
+            p.display()
+        )
+    })?;
+    if !m.is_dir() {
+        bail!("mount point {} is not a directory", p.display());
+    }
+    if is_mounted(p) {
+        bail!("mount point {} is already mounted", p.display());
+    }
+    if !nonempty && std::fs::read_dir(p)?.next().is_some() {
+        bail!(
+            "mount point {} is not empty (set nonempty to mount over it)",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+fn check_fuse() -> Result<()> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        bail!("/dev/fuse is missing or not accessible: load the fuse module (modprobe fuse) and install fuse3");
+    }
+    if fusermount().is_none() {
+        bail!("fusermount3 was not found: install fuse3 (apt-get install fuse3)");
+    }
+    Ok(())
+}
+
+/// fusermount3, from PATH or the standard directories (mount(8) runs helpers
+/// with a minimal environment).
+pub fn fusermount() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend(["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("fusermount3"))
+        .find(|p| p.exists())
+}
+
+/// Explain a failed probe in one line.
+fn probe_error(e: BlobError, s: &Settings) -> anyhow::Error {
+    let container = s.container.as_deref().unwrap_or("");
+    let endpoint = s.endpoint.as_deref().unwrap_or("the endpoint");
+    match &e {
+        BlobError::Transport {
+            kind: TransportKind::Tls,
+            ..
+        } => {
+            anyhow!("TLS failure talking to {endpoint}: the server's certificate is not trusted (pass its CA with ca_file): {e}")
+        }
+        BlobError::Transport {
+            kind: TransportKind::Connect | TransportKind::Timeout,
+            ..
+        } => {
+            anyhow!("endpoint {endpoint} is unreachable: {e}")
+        }
+        BlobError::Service(se)
+            if se.is("AuthenticationFailed") || se.is("AuthorizationFailure") =>
+        {
+            anyhow!("the account key (or SAS) was rejected (AuthenticationFailed): check account_key_file / sas_token_file [{se}]")
+        }
+        BlobError::Service(se) if se.is("ContainerNotFound") => {
+            anyhow!("container {container:?} was not found (ContainerNotFound); set create_container to create it")
+        }
+        _ => anyhow!("cannot access container {container:?}: {e}"),
+    }
+}
+
+async fn probe(client: &BlobClient, s: &Settings) -> Result<()> {
+    match client.get_container_properties().await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() && s.create_container.unwrap_or(false) => {
+            client
+                .create_container()
+                .await
+                .map_err(|e| probe_error(e, s))?;
+        }
+        Err(e) => return Err(probe_error(e, s)),
+    }
+    // The key itself is exercised by a listing (no blob needs to exist).
+    client
+        .list_blobs(&crate::blob::ListOptions {
+            max_results: Some(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| probe_error(e, s))?;
+    Ok(())
+}
+
+fn fs_config(s: &Settings) -> Result<FsConfig> {
+    let mut c = FsConfig::default();
+    if let Some(b) = &s.block_size {
+        c.block_size = b.bytes()?;
+        if c.block_size < 64 * 1024 || c.block_size > 4000 * 1024 * 1024 {
+            bail!("block_size must be between 64K and 4000M");
+        }
+    }
+    if let Some(b) = &s.cache_size {
+        c.cache_size = b.bytes()?;
+    }
+    if let Some(t) = s.attr_ttl {
+        if !(0.0..=86400.0).contains(&t) {
+            bail!("attr_ttl must be between 0 and 86400 seconds");
+        }
+        c.attr_ttl = Duration::from_secs_f64(t);
+    }
+    c.read_only = s.read_only.unwrap_or(false);
+    let mut d = AttrDefaults::default();
+    if let Some(u) = s.uid {
+        d.uid = u;
+    }
+    if let Some(g) = s.gid {
+        d.gid = g;
+    }
+    if let Some(m) = &s.umask {
+        let m = u32::from_str_radix(m, 8)? as u16;
+        d.file_perm = 0o666 & !m;
+        d.dir_perm = 0o777 & !m;
+    }
+    c.defaults = d;
+    Ok(c)
+}
+
+/// Every check that needs no mount, in the order a user would fix them.
+fn preflight(p: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<(BlobClient, FsConfig)> {
+    let client = build_client(&p.s, env)?;
+    let cfg = fs_config(&p.s)?;
+    check_mountpoint(&p.mountpoint, p.s.nonempty.unwrap_or(false))?;
+    check_fuse()?;
+    Ok((client, cfg))
+}
+
+pub fn run(a: MountArgs) -> Result<()> {
+    let env = |k: &str| std::env::var(k).ok();
+    let plan = resolve(&a, &env)?;
+    let child = std::env::var_os(CHILD_ENV).is_some();
+    if plan.s.foreground.unwrap_or(false) || child {
+        run_foreground(plan, child, &env)
+    } else {
+        run_background(plan, &env)
+    }
+}
+
+fn run_foreground(p: Plan, child: bool, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let level = p.s.log_level.clone().unwrap_or_else(|| "info".into());
+    let target = match (&p.s.log_file, child) {
+        (Some(f), _) => logging::Target::File(f),
+        (None, true) => logging::Target::Syslog,
+        (None, false) => logging::Target::Stderr,
+    };
+    logging::init(&level, target)?;
+    let (client, fs_cfg) = preflight(&p, env)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(4)
+        .build()?;
+    rt.block_on(probe(&client, &p.s))?;
+    let container = p.s.container.clone().unwrap_or_default();
+    let fs = Fs::new(client, fs_cfg);
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName(format!("cpkfs:{container}")),
+        fuser::MountOption::Subtype("cpkfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if p.s.read_only.unwrap_or(false) {
+        cfg.mount_options.push(fuser::MountOption::RO);
+    }
+    if p.s.allow_other.unwrap_or(false) {
+        cfg.acl = fuser::SessionACL::All;
+    }
+    cfg.n_threads = Some(4);
+    let session = fuser::Session::new(adapter, &p.mountpoint, &cfg)
+        .map_err(|e| anyhow!("cannot mount on {}: {e}", p.mountpoint.display()))?;
+    let bg = session.spawn()?;
+    raise_readahead(&p.mountpoint);
+    tracing::info!(mountpoint = %p.mountpoint.display(), container = %container, "mounted");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let joiner = std::thread::spawn(move || {
+        let r = bg.join();
+        let _ = tx.send(());
+        r
+    });
+    let mountpoint = p.mountpoint.clone();
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: committing pending writes, then unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: committing pending writes, then unmounting"),
+            _ = rx => { tracing::info!("unmounted"); return Ok::<_, anyhow::Error>(()); }
+        }
+        let failures = fs.flush_all().await;
+        if failures.is_empty() {
+            tracing::info!("every pending write is committed");
+        }
+        for (path, e) in &failures {
+            tracing::error!(path = %path, error = %e, "could not commit pending writes");
+        }
+        let st = std::process::Command::new(fusermount().unwrap_or_else(|| "fusermount3".into())).arg("-u").arg("-z").arg(&mountpoint).status();
+        if !matches!(st, Ok(s) if s.success()) {
+            tracing::error!("fusermount3 -u {} failed", mountpoint.display());
+        }
+        Ok(())
+    })?;
+    let _ = joiner.join();
+    Ok(())
+}
+
+/// Raise the kernel's read-ahead for this mount (fuser can only lower it):
+/// measured here, it doubles buffered sequential reads.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::metadata(mountpoint) {
+        let dev = m.dev();
+        let p = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        if let Err(e) = std::fs::write(&p, "1024") {
+            tracing::debug!(path = %p, error = %e, "could not raise read-ahead");
+        }
+    }
+}
+
+/// Check what can be checked here (so errors reach the terminal), start the
+/// mount in a detached child, and return once it is live.
+fn run_background(p: Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let (client, _) = preflight(&p, env)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(probe(&client, &p.s))?;
+    drop(rt);
+    let errlog = std::env::temp_dir().join(format!("cpkfs-start-{}.log", std::process::id()));
+    let stderr = std::fs::File::create(&errlog)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1))
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr);
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if is_mounted(&p.mountpoint) {
+            let _ = std::fs::remove_file(&errlog);
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let msg = std::fs::read_to_string(&errlog).unwrap_or_default();
+            let _ = std::fs::remove_file(&errlog);
+            let msg = msg.trim().trim_start_matches("cpkfs: ");
+            bail!("{msg} (the mount process exited: {status})");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = std::fs::remove_file(&errlog);
+            bail!("the mount did not come up within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
