@@ -26,7 +26,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = ClientConfig::new(endpoint, DEV_ACCOUNT, container, cred);
     cfg.ca_pem = Some(std::fs::read(ca)?);
     if let Some(f) = a.get(7) {
-        cfg.cpk = Some(Arc::new(CustomerKey::from_base64(std::fs::read_to_string(f)?.trim(), None)?));
+        cfg.cpk = Some(Arc::new(CustomerKey::from_base64(
+            std::fs::read_to_string(f)?.trim(),
+            None,
+        )?));
     }
     let client = BlobClient::new(cfg)?;
     match mode.as_str() {
@@ -41,7 +44,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let name = format!("{prefix}/f{i:06}");
                     async move {
                         let opts = CommitOptions::default();
-                        client.put_blob(&name, Bytes::from(format!("file {i}\n")), &opts, key.as_deref()).await
+                        client
+                            .put_blob(
+                                &name,
+                                Bytes::from(format!("file {i}\n")),
+                                &opts,
+                                key.as_deref(),
+                            )
+                            .await
                     }
                 })
                 .buffer_unordered(32)
@@ -67,7 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 count += p.blobs.len() + p.prefixes.len();
                 pages += 1;
             }
-            println!("listed {count} entries in {pages} pages in {:.3} s", t.elapsed().as_secs_f64());
+            println!(
+                "listed {count} entries in {pages} pages in {:.3} s",
+                t.elapsed().as_secs_f64()
+            );
             if count < n {
                 return Err(format!("expected {n} entries, listed {count}").into());
             }
