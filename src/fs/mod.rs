@@ -540,10 +540,15 @@ impl Fs {
                 self.state_from_props(ino, &n, &b.properties, known),
             ));
         }
-        // Sort by name, directories (marker or prefix) merged into one entry.
+        // Sort by name, directories (marker or prefix) merged into one entry:
+        // the first of a name wins, so put directories before files and,
+        // among directories, the marker blob (it carries the mode, owner and
+        // mtime set by mkdir/chmod/utimens) before the bare prefix, whose
+        // attributes are only defaults.
         entries.sort_by(|a, b| {
             a.0.cmp(&b.0)
                 .then((a.1.attr.kind != Kind::Dir).cmp(&(b.1.attr.kind != Kind::Dir)))
+                .then(a.1.etag.is_none().cmp(&b.1.etag.is_none()))
         });
         for (n, st) in entries {
             if h.seen.contains(&n) {
