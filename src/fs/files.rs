@@ -437,7 +437,20 @@ impl Fs {
             return Ok(());
         }
         let node = self.node(ino)?;
-        let res = self.commit_inode(&node).await;
+        // Commit and drop the session under one hold of the write lock: the
+        // kernel sends RELEASE asynchronously after close(), so a chmod or
+        // utimens (e.g. rsync's, right after closing its temp file) may
+        // arrive meanwhile and only mark the session dirty for us to
+        // commit. Releasing the lock in between would let that change be
+        // dropped with the session.
+        let mut w = node.write.lock().await;
+        let res = match w.as_mut() {
+            Some(ws) if ws.is_dirty() || ws.failed().is_some() => match self.path_of(ino) {
+                Ok(path) => self.commit_locked(&node, ws, &path).await.map(|_| ()),
+                Err(e) => Err(e),
+            },
+            _ => Ok(()),
+        };
         let others = self
             .handles
             .lock()
@@ -445,7 +458,7 @@ impl Fs {
             .values()
             .any(|o| o.ino == ino && o.writable);
         if !others {
-            *node.write.lock().await = None;
+            *w = None;
         }
         res
     }
