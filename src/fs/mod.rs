@@ -310,15 +310,14 @@ impl Fs {
         if let Some(child) = self.inodes.child(parent, name) {
             let s = child.snapshot();
             // Files not yet committed exist only here; fresh entries are trusted.
-            if (s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked)
-                || s.expires > Instant::now()
+            if ((s.etag.is_none() && s.attr.kind == Kind::File && !s.unlinked)
+                || s.expires > Instant::now())
+                && s.meta_known
             {
-                if s.meta_known {
-                    return Ok(Entry {
-                        ino: child.ino,
-                        attr: s.attr,
-                    });
-                }
+                return Ok(Entry {
+                    ino: child.ino,
+                    attr: s.attr,
+                });
             }
         } else if self.inodes.is_negative(parent, name) || self.inodes.is_listed(parent) {
             return Err(FsError::NotFound);

@@ -618,15 +618,13 @@ impl WriteSession {
         for (i, e) in self.extents.iter().enumerate() {
             match &e.state {
                 ExtState::Dirty(_) | ExtState::Remote => jobs.push(i),
-                ExtState::Zero => {
-                    if !self.zero_ids.iter().any(|(l, _)| *l == e.len) {
-                        let id = self.ids.id(self.seq);
-                        self.seq += 1;
-                        ctx.client
-                            .put_block(name, &id, Bytes::from(vec![0u8; e.len as usize]), keyref)
-                            .await?;
-                        self.zero_ids.push((e.len, id));
-                    }
+                ExtState::Zero if !self.zero_ids.iter().any(|(l, _)| *l == e.len) => {
+                    let id = self.ids.id(self.seq);
+                    self.seq += 1;
+                    ctx.client
+                        .put_block(name, &id, Bytes::from(vec![0u8; e.len as usize]), keyref)
+                        .await?;
+                    self.zero_ids.push((e.len, id));
                 }
                 _ => {}
             }
