@@ -170,14 +170,14 @@ fn transport_kind(err: &reqwest::Error) -> TransportKind {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return TransportKind::Tls;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .is_some()
-            {
-                return TransportKind::Tls;
-            }
+        // io::Errors nest (hyper-util wraps rustls's error in two of them)
+        // and do not expose the inner error through source().
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            src = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
         }
         src = e.source();
     }
