@@ -146,6 +146,7 @@ impl Fs {
             block_size: cfg.block_size,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
             max_dirty: cfg.block_size * 8,
+            key_sha256: key.as_ref().map(|k| k.sha256().to_string()),
         };
         Arc::new(Fs {
             client,

@@ -62,6 +62,8 @@ pub struct WriteContext {
     pub upload_slots: Arc<Semaphore>,
     /// Dirty bytes of one file above which full dirty blocks are staged early.
     pub max_dirty: u64,
+    /// SHA-256 of the key commits are written with (None: no CPK).
+    pub key_sha256: Option<String>,
 }
 
 pub struct WriteSession {
@@ -141,7 +143,12 @@ impl WriteSession {
                 .await?;
             let total: u64 = list.committed.iter().map(|b| b.size).sum();
             let id_len = self.ids.id(0).len();
-            let reusable = total == self.size
+            // A commit may only reference blocks encrypted with its own key
+            // (the service answers 409 otherwise): blocks of a blob under an
+            // older key, or without one, are copied instead of re-used.
+            let same_key = self.base_cpk.as_ref().map(|k| k.sha256().to_string()) == ctx.key_sha256;
+            let reusable = same_key
+                && total == self.size
                 && list.etag.as_deref() == self.base_etag.as_deref()
                 && list.committed.iter().all(|b| b.id.len() == id_len);
             if reusable {
