@@ -3,6 +3,7 @@
 
 pub mod logging;
 pub mod mount;
+pub mod rotate;
 pub mod settings;
 
 use anyhow::{bail, Result};
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Mount a container. Returns once the mount works (or fails with the reason), unless --foreground.
     Mount(MountArgs),
+    /// Re-encrypt blobs from the older keys of the ring (cpk_file lines 2…) to the current key (line 1).
+    RotateCpk(rotate::RotateArgs),
     /// Unmount a cpkfs mount point (same as `umount` / `fusermount3 -u`).
     Unmount {
         /// The mount point.
@@ -205,6 +208,7 @@ pub fn main() {
     let cli = Cli::parse_from(args);
     let res = match cli.cmd {
         Cmd::Mount(a) => mount::run(a),
+        Cmd::RotateCpk(a) => rotate::run(a),
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
     };
     if let Err(e) = res {

@@ -64,26 +64,59 @@ fn read_secret_file(path: &Path, what: &str, allow_open: bool) -> Result<String>
         .with_context(|| format!("cannot read the {what} file {}", path.display()))
 }
 
-pub fn load_cpk(s: &Settings) -> Result<Option<Arc<CustomerKey>>> {
+/// The customer-provided keys of `cpk_file`, one base64 key per line: the
+/// first is the current key (all writes), the others older keys kept for
+/// reading. Blank lines and `#` comments are ignored. `cpk_sha256`, when set,
+/// must match the current key.
+pub fn load_keyring(s: &Settings) -> Result<Vec<Arc<CustomerKey>>> {
     let Some(f) = &s.cpk_file else {
-        return Ok(None);
+        return Ok(vec![]);
     };
     let text = read_secret_file(
         f,
         "customer-provided key",
         s.allow_open_key_files.unwrap_or(false),
     )?;
-    let first = text
+    let mut ring = vec![];
+    for (i, line) in text
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
-    let key = CustomerKey::from_base64(first, s.cpk_sha256.as_deref())
-        .with_context(|| format!("the customer-provided key file {}", f.display()))?;
-    Ok(Some(Arc::new(key)))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+    {
+        let expected = if i == 0 {
+            s.cpk_sha256.as_deref()
+        } else {
+            None
+        };
+        let key = CustomerKey::from_base64(line, expected).with_context(|| {
+            format!(
+                "the customer-provided key file {} (key #{})",
+                f.display(),
+                i + 1
+            )
+        })?;
+        ring.push(Arc::new(key));
+    }
+    if ring.is_empty() {
+        bail!(
+            "the customer-provided key file {} holds no key",
+            f.display()
+        );
+    }
+    Ok(ring)
 }
 
 pub fn build_client(s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<BlobClient> {
+    let cpk = load_keyring(s)?.into_iter().next();
+    build_client_with(s, env, cpk)
+}
+
+pub fn build_client_with(
+    s: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+    cpk: Option<Arc<CustomerKey>>,
+) -> Result<BlobClient> {
     let account = s
         .account
         .clone()
@@ -125,7 +158,7 @@ pub fn build_client(s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Resul
         bail!("no credentials: set account_key_file or sas_token_file (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)");
     };
     let mut cfg = ClientConfig::new(&endpoint, &account, &container, credential);
-    cfg.cpk = load_cpk(s)?;
+    cfg.cpk = cpk;
     if let Some(ca) = &s.ca_file {
         cfg.ca_pem = Some(
             std::fs::read(ca)

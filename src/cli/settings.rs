@@ -277,9 +277,9 @@ impl Settings {
 pub fn config_from_o(lists: &[String]) -> Option<PathBuf> {
     lists
         .iter()
-        .flat_map(|l| l.split(','))
-        .filter_map(|i| i.trim().strip_prefix("config="))
-        .last()
+        .rev()
+        .flat_map(|l| l.split(',').rev())
+        .find_map(|i| i.trim().strip_prefix("config="))
         .map(PathBuf::from)
 }
 

@@ -1,0 +1,249 @@
+//! `cpkfs rotate-cpk`: re-encrypt every blob under a prefix from the older
+//! keys of the ring to the current key, without a mount.
+//!
+//! The service cannot copy CPK blobs server-side at the pinned API version
+//! (Copy Blob and Put Block From URL refuse CPK sources), so each blob is
+//! streamed block by block — GET with the old key, Put Block with the new —
+//! and committed with If-Match on the ETag it started from: a blob changed
+//! meanwhile is skipped and reported. Each result is read back and checked
+//! (size and CRC-64) before it counts as rotated. Reruns skip blobs already
+//! under the current key, so an interrupted run completes when rerun.
+
+use super::mount::{build_client_with, load_keyring, Plan};
+use super::MountArgs;
+use crate::blob::{
+    BlobClient, BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, CustomerKey,
+    ListOptions,
+};
+use anyhow::{bail, Result};
+use clap::Args;
+use futures::stream::{self, StreamExt};
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+#[derive(Args, Clone)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub common: MountArgs,
+    /// Only blobs whose names start with this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// List what would be re-encrypted, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Blobs re-encrypted at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Rotated(u64),
+    Changed,
+    Failed(String),
+}
+
+/// Stream one blob from its old key to the current key, then verify it.
+async fn rotate_one(
+    client: &BlobClient,
+    name: &str,
+    old: &CustomerKey,
+    new: &CustomerKey,
+    block: u64,
+) -> Outcome {
+    let props = match client
+        .get_blob_properties(name, Some(old), &Conditions::default())
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let cond = Conditions::if_match(props.etag.clone());
+    let opts = CommitOptions {
+        content_type: props.content_type.clone(),
+        metadata: props.metadata.clone(),
+        conditions: cond.clone(),
+    };
+    let size = props.content_length;
+    let mut crc = crc64fast_nvme::Digest::new();
+    let commit = if size == 0 {
+        client
+            .put_blob(name, bytes::Bytes::new(), &opts, Some(new))
+            .await
+    } else {
+        let ids = BlockIdGen::new();
+        let mut refs = vec![];
+        let mut off = 0;
+        while off < size {
+            let end = (off + block).min(size);
+            let data = match client
+                .read_range(name, ByteRange::new(off, end), Some(old), &cond)
+                .await
+            {
+                Ok((d, _)) => d,
+                Err(e) if e.status() == Some(412) => return Outcome::Changed,
+                Err(e) => return Outcome::Failed(e.to_string()),
+            };
+            crc.write(&data);
+            let id = ids.id(refs.len() as u64);
+            if let Err(e) = client.put_block(name, &id, data, Some(new)).await {
+                return Outcome::Failed(e.to_string());
+            }
+            refs.push(BlockRef::Uncommitted(id));
+            off = end;
+        }
+        client.put_block_list(name, &refs, &opts, Some(new)).await
+    };
+    let written = match commit {
+        Ok(w) => w,
+        Err(e) if e.status() == Some(412) => return Outcome::Changed,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    // Verify: read back under the new key, compare size and CRC-64.
+    let mut check = crc64fast_nvme::Digest::new();
+    let mut got = 0u64;
+    match client
+        .get_blob(
+            name,
+            None,
+            Some(new),
+            &Conditions::if_match(written.etag.clone()),
+        )
+        .await
+    {
+        Ok(mut dl) => loop {
+            match dl.next_chunk().await {
+                Ok(Some(c)) => {
+                    got += c.len() as u64;
+                    check.write(&c);
+                }
+                Ok(None) => break,
+                Err(e) => return Outcome::Failed(format!("verification read failed: {e}")),
+            }
+        },
+        Err(e) => return Outcome::Failed(format!("verification read failed: {e}")),
+    }
+    if got != size || check.sum64() != crc.sum64() {
+        return Outcome::Failed(format!(
+            "verification failed: {got} bytes read back of {size}, or content differs"
+        ));
+    }
+    Outcome::Rotated(size)
+}
+
+pub fn run(a: RotateArgs) -> Result<()> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut common = a.common.clone();
+    common.mountpoint = Some(".".into());
+    let plan: Plan = super::mount::resolve(&common, &env)?;
+    super::logging::init(
+        plan.s.log_level.as_deref().unwrap_or("warn"),
+        super::logging::Target::Stderr,
+    )?;
+    let ring = load_keyring(&plan.s)?;
+    let Some(current) = ring.first().cloned() else {
+        bail!(
+            "rotate-cpk needs cpk_file with the current key on its first line and older keys below"
+        );
+    };
+    let client = build_client_with(&plan.s, &env, Some(current.clone()))?;
+    let block = plan
+        .s
+        .block_size
+        .as_ref()
+        .map(|b| b.bytes())
+        .transpose()?
+        .unwrap_or(8 << 20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    rt.block_on(async move {
+        // Collect the work (names and key hashes only; listing pages are lazy).
+        let mut todo: Vec<(String, u64, Arc<CustomerKey>)> = vec![];
+        let (mut current_n, mut plain_n, mut unknown) = (0usize, 0usize, vec![]);
+        let mut pager = client.list_pager(ListOptions {
+            prefix: (!a.prefix.is_empty()).then(|| a.prefix.clone()),
+            max_results: Some(5000),
+            ..Default::default()
+        });
+        while let Some(page) = pager.next_page().await? {
+            for b in page.blobs {
+                match b.properties.cpk_sha256.as_deref() {
+                    None => plain_n += 1,
+                    Some(h) if h == current.sha256() => current_n += 1,
+                    Some(h) => match ring.iter().find(|k| k.sha256() == h) {
+                        Some(k) => todo.push((b.name, b.properties.content_length, k.clone())),
+                        None => unknown.push((b.name, h.to_string())),
+                    },
+                }
+            }
+        }
+        let total_bytes: u64 = todo.iter().map(|t| t.1).sum();
+        println!(
+            "{} blob(s) ({} bytes) to re-encrypt to key {}; {} already under it; {} not encrypted (left as they are); {} under keys not in the ring",
+            todo.len(),
+            total_bytes,
+            current.sha256(),
+            current_n,
+            plain_n,
+            unknown.len()
+        );
+        for (n, h) in &unknown {
+            println!("cannot rotate {n}: encrypted with key {h}, which is not in the ring");
+        }
+        if a.dry_run {
+            for (n, size, k) in &todo {
+                println!("would re-encrypt {n} ({size} bytes) from key {}", k.sha256());
+            }
+            return if unknown.is_empty() { Ok(()) } else { bail!("{} blob(s) are under keys not in the ring", unknown.len()) };
+        }
+        let bar = if std::io::stdout().is_terminal() {
+            let b = indicatif::ProgressBar::new(total_bytes);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(b)
+        } else {
+            None
+        };
+        let n = todo.len();
+        let results: Vec<(String, Outcome)> = stream::iter(todo)
+            .map(|(name, _, old)| {
+                let client = client.clone();
+                let current = current.clone();
+                let bar = bar.clone();
+                async move {
+                    let o = rotate_one(&client, &name, &old, &current, block).await;
+                    match (&o, &bar) {
+                        (Outcome::Rotated(sz), Some(b)) => {
+                            b.inc(*sz);
+                            b.set_message(name.clone());
+                        }
+                        (Outcome::Rotated(sz), None) => println!("re-encrypted {name} ({sz} bytes)"),
+                        (Outcome::Changed, _) => println!("skipped {name}: it changed during the rotation (rerun to rotate it)"),
+                        (Outcome::Failed(e), _) => println!("FAILED {name}: {e}"),
+                    }
+                    (name, o)
+                }
+            })
+            .buffer_unordered(a.concurrency.max(1))
+            .collect()
+            .await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let rotated = results.iter().filter(|r| matches!(r.1, Outcome::Rotated(_))).count();
+        let changed = results.iter().filter(|r| matches!(r.1, Outcome::Changed)).count();
+        let failed = results.iter().filter(|r| matches!(r.1, Outcome::Failed(_))).count();
+        println!(
+            "summary: {rotated} of {n} re-encrypted and verified, {changed} changed meanwhile (skipped), {failed} failed, {} under unknown keys",
+            unknown.len()
+        );
+        if failed > 0 || !unknown.is_empty() {
+            bail!("{} blob(s) could not be rotated", failed + unknown.len());
+        }
+        Ok(())
+    })
+}
