@@ -182,6 +182,7 @@ impl MountArgs {
 fn rewrite_helper_form(args: Vec<String>) -> Vec<String> {
     let known = [
         "mount",
+        "rotate-cpk",
         "unmount",
         "help",
         "-h",
