@@ -287,6 +287,10 @@ impl BlobClient {
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
     }
+    pub fn credential(&self) -> &Credential {
+        &self.inner.credential
+    }
+
     /// The client's customer-provided key, if any.
     pub fn cpk(&self) -> Option<&Arc<CustomerKey>> {
         self.inner.cpk.as_ref()

@@ -94,6 +94,18 @@ impl SharedKeyCredential {
         (i, keys[i].clone())
     }
 
+    /// Replace the known keys (the key file changed). The key in use stays
+    /// current if it is still among them.
+    pub fn set_keys(&self, keys: Vec<AccountKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        let (_, cur) = self.current();
+        let idx = keys.iter().position(|k| *k == cur).unwrap_or(0);
+        *self.keys.write().unwrap() = keys;
+        self.current.store(idx, Ordering::Relaxed);
+    }
+
     pub fn key_count(&self) -> usize {
         self.keys.read().unwrap().len()
     }

@@ -381,6 +381,11 @@ fn run_foreground(p: Plan, child: bool, env: &dyn Fn(&str) -> Option<String>) ->
     cfg.n_threads = Some(4);
     let session = fuser::Session::new(adapter, &p.mountpoint, &cfg)
         .map_err(|e| anyhow!("cannot mount on {}: {e}", p.mountpoint.display()))?;
+    if let (Some(f), crate::blob::Credential::SharedKey(cred)) =
+        (p.s.account_key_file.clone(), fs.client().credential())
+    {
+        rt.spawn(watch_key_file(f, cred.clone()));
+    }
     let bg = session.spawn()?;
     raise_readahead(&p.mountpoint);
     tracing::info!(mountpoint = %p.mountpoint.display(), container = %container, "mounted");
@@ -415,6 +420,36 @@ fn run_foreground(p: Plan, child: bool, env: &dyn Fn(&str) -> Option<String>) ->
     })?;
     let _ = joiner.join();
     Ok(())
+}
+
+/// Re-read the account key file when it changes, so a rotated key is used
+/// before the old one stops working (a signature failure also re-reads it).
+async fn watch_key_file(path: PathBuf, cred: Arc<SharedKeyCredential>) {
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&path);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match std::fs::read_to_string(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| parse_keys(&t))
+        {
+            Ok(keys) => {
+                tracing::info!(
+                    keys = keys.len(),
+                    "the account key file changed; re-read it"
+                );
+                cred.set_keys(keys);
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "the account key file changed but cannot be used")
+            }
+        }
+    }
 }
 
 /// Raise the kernel's read-ahead for this mount (fuser can only lower it):
