@@ -1,1 +1,119 @@
-fn main() {}
+//! `cpkfs-emulator`: CPK-aware Azure Blob Storage emulator for cpkfs tests and benchmarks.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use cpkfs::emulator::{self, EmulatorConfig, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2};
+
+/// Azure Blob Storage emulator with customer-provided-key (CPK) support.
+///
+/// Serves path-style URLs `/{account}/{container}/{blob}` over HTTPS (self-signed
+/// certificate for 127.0.0.1, ::1 and localhost) or plain HTTP. Prints exactly one line
+/// `listening on URL` on stdout when ready. Admin endpoints (no auth):
+/// `GET|DELETE /__admin/stats`, `POST|DELETE /__admin/faults`,
+/// `POST /__admin/accounts/{name}/regenerate-key?key=1|2`.
+#[derive(Parser, Debug)]
+#[command(name = "cpkfs-emulator", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    listen: SocketAddr,
+
+    /// Write the PEM of the self-signed CA to this file (HTTPS only).
+    #[arg(long)]
+    ca_out: Option<PathBuf>,
+
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long)]
+    http: bool,
+
+    /// Account as NAME=KEY1[,KEY2] (base64 64-byte keys); repeatable.
+    /// Default: devstoreaccount1 with the well-known key and a fixed second key.
+    #[arg(long = "account", value_name = "NAME=KEY1[,KEY2]")]
+    accounts: Vec<String>,
+
+    /// Persist state in this directory (default: in memory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+
+    /// Accept CPK headers over plain HTTP (test flag; Azure answers 400 AccountRequiresHttps).
+    #[arg(long)]
+    allow_cpk_over_http: bool,
+
+    /// Log level / tracing filter (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+}
+
+fn parse_account(s: &str) -> anyhow::Result<(String, [String; 2])> {
+    let (name, keys) = s
+        .split_once('=')
+        .with_context(|| format!("--account {s}: expected NAME=KEY1[,KEY2]"))?;
+    let mut it = keys.split(',');
+    let k1 = it.next().unwrap_or("").to_string();
+    let k2 = it.next().map(str::to_string).unwrap_or_else(|| k1.clone());
+    if name.is_empty() || k1.is_empty() || it.next().is_some() {
+        bail!("--account {s}: expected NAME=KEY1[,KEY2]");
+    }
+    use base64::Engine;
+    for k in [&k1, &k2] {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .with_context(|| format!("--account {name}: key is not base64"))?;
+        if raw.is_empty() {
+            bail!("--account {name}: empty key");
+        }
+    }
+    Ok((name.to_string(), [k1, k2]))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let accounts = if args.accounts.is_empty() {
+        vec![(
+            DEV_ACCOUNT.to_string(),
+            [DEV_KEY1.to_string(), DEV_KEY2.to_string()],
+        )]
+    } else {
+        args.accounts
+            .iter()
+            .map(|a| parse_account(a))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let config = EmulatorConfig {
+        listen: args.listen,
+        tls: !args.http,
+        accounts,
+        data_dir: args.data_dir,
+        allow_cpk_over_http: args.allow_cpk_over_http,
+    };
+    let handle = emulator::start(config).await?;
+    if let (Some(path), Some(pem)) = (&args.ca_out, &handle.ca_pem) {
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", handle.url)?;
+        out.flush()?;
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    tokio::time::timeout(std::time::Duration::from_secs(6), handle.shutdown())
+        .await
+        .ok();
+    Ok(())
+}

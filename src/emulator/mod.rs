@@ -1,1 +1,252 @@
+//! `cpkfs-emulator`: a CPK-aware Azure Blob Storage emulator (path-style URLs,
+//! Shared Key + SAS, customer-provided keys, admin stats and fault injection).
+//!
+//! Run it in-process with [`start`], or as the `cpkfs-emulator` binary.
 
+pub mod auth;
+pub mod cpk;
+pub mod error;
+pub mod ops;
+pub mod server;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use server::{Shared, Stats};
+use store::{Account, Disk, State};
+
+/// The well-known emulator account name.
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+/// The well-known emulator account key (key1).
+pub const DEV_KEY1: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// A fixed second key for the emulator account (64 bytes `0x40..0x7f`).
+pub const DEV_KEY2: &str =
+    "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl9gYWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+fw==";
+
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    /// false = plain http (`--http`).
+    pub tls: bool,
+    /// (account name, [key1, key2]) with base64 64-byte keys.
+    pub accounts: Vec<(String, [String; 2])>,
+    /// Persist state here (default: in memory).
+    pub data_dir: Option<PathBuf>,
+    /// Accept CPK headers on the plain-http listener (tests only).
+    pub allow_cpk_over_http: bool,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: true,
+            accounts: vec![(
+                DEV_ACCOUNT.to_string(),
+                [DEV_KEY1.to_string(), DEV_KEY2.to_string()],
+            )],
+            data_dir: None,
+            allow_cpk_over_http: false,
+        }
+    }
+}
+
+pub struct EmulatorHandle {
+    /// Base URL, e.g. `https://127.0.0.1:10000` (append `/{account}/...`).
+    pub url: String,
+    /// PEM of the self-signed CA that issued the server certificate (TLS only).
+    pub ca_pem: Option<String>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EmulatorHandle {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop accepting, close connections (after in-flight requests, up to 5 s) and return.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct TlsMaterial {
+    ca_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+fn make_tls() -> anyhow::Result<TlsMaterial> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cpkfs-emulator CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key)?;
+
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf_params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "cpkfs-emulator");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
+
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key_der)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsMaterial {
+        ca_pem: ca.pem(),
+        config: Arc::new(config),
+    })
+}
+
+/// Start the emulator; returns once it is listening.
+pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
+    let mut accounts = HashMap::new();
+    for (name, keys) in &config.accounts {
+        let k1 = B64
+            .decode(&keys[0])
+            .with_context(|| format!("key1 of account {name} is not base64"))?;
+        let k2 = B64
+            .decode(&keys[1])
+            .with_context(|| format!("key2 of account {name} is not base64"))?;
+        accounts.insert(
+            name.clone(),
+            Account {
+                keys: [k1, k2],
+                containers: BTreeMap::new(),
+            },
+        );
+    }
+    let disk = Disk::new(config.data_dir.clone()).context("data dir")?;
+    disk.load(&mut accounts)
+        .context("loading persisted state")?;
+
+    let tls = if config.tls { Some(make_tls()?) } else { None };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls { "https" } else { "http" };
+    let host = match addr {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    let url = format!("{scheme}://{host}:{}", addr.port());
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { accounts }),
+        disk,
+        tls: config.tls,
+        allow_cpk_over_http: config.allow_cpk_over_http,
+        stats: Stats::default(),
+        faults: Mutex::new(None),
+        base_url: Mutex::new(url.clone()),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let acceptor = tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+    let task = tokio::spawn(accept_loop(listener, acceptor, shared, stop_rx));
+    Ok(EmulatorHandle {
+        url,
+        ca_pem: tls.map(|t| t.ca_pem),
+        addr,
+        stop: stop_tx,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => {
+                let Ok((tcp, _peer)) = r else { continue };
+                let _ = tcp.set_nodelay(true);
+                let shared = shared.clone();
+                let acceptor = acceptor.clone();
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    match acceptor {
+                        Some(acc) => {
+                            if let Ok(tls) = acc.accept(tcp).await {
+                                serve(TokioIo::new(tls), shared, stop).await;
+                            }
+                        }
+                        None => serve(TokioIo::new(tcp), shared, stop).await,
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+}
+
+async fn serve<I>(io: TokioIo<I>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| server::handle(shared.clone(), req));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(4 << 20)
+        .writev(true)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,776 @@
+//! Network front end: TLS, HTTP/1.1, routing, authentication, admin endpoints,
+//! statistics and fault injection.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::auth;
+use super::error::{error_body, ApiError};
+use super::ops;
+use super::store::{Disk, State};
+
+pub type RespBody = BoxBody<Bytes, io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
+pub fn empty() -> RespBody {
+    full(Bytes::new())
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub requests: Mutex<BTreeMap<String, u64>>,
+    pub total: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub faults: AtomicU64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaultConfig {
+    pub rate: f64,
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_ms: Option<u64>,
+}
+
+pub struct Faults {
+    pub cfg: FaultConfig,
+    pub rng: rand::rngs::StdRng,
+}
+
+pub struct Shared {
+    pub state: Mutex<State>,
+    pub disk: Disk,
+    pub tls: bool,
+    pub allow_cpk_over_http: bool,
+    pub stats: Stats,
+    pub faults: Mutex<Option<Faults>>,
+    pub base_url: Mutex<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum FaultKind {
+    E500,
+    E503,
+    E408,
+    Reset,
+    Slow(u64),
+    Truncate,
+}
+
+impl Shared {
+    fn count(&self, op: &str) {
+        self.stats.total.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .requests
+            .lock()
+            .unwrap()
+            .entry(op.to_string())
+            .or_default() += 1;
+    }
+
+    fn decide_fault(&self, op: &str) -> Option<FaultKind> {
+        let mut g = self.faults.lock().unwrap();
+        let f = g.as_mut()?;
+        if let Some(ops) = &f.cfg.operations {
+            if !ops.iter().any(|o| o == op) {
+                return None;
+            }
+        }
+        if f.cfg.kinds.is_empty() || f.rng.gen::<f64>() >= f.cfg.rate {
+            return None;
+        }
+        let k = f.rng.gen_range(0..f.cfg.kinds.len());
+        let kind = match f.cfg.kinds[k].as_str() {
+            "500" => FaultKind::E500,
+            "503" => FaultKind::E503,
+            "408" => FaultKind::E408,
+            "reset" => FaultKind::Reset,
+            "slow" => FaultKind::Slow(f.cfg.slow_ms.unwrap_or(300)),
+            "truncate" => FaultKind::Truncate,
+            _ => return None,
+        };
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        Some(kind)
+    }
+}
+
+/// Request facts handed to the operation handlers.
+pub struct Req {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Vec<(String, String)>,
+    pub account: String,
+    pub container: String,
+    pub blob: String,
+    pub body: BytesMut,
+    pub tls: bool,
+    pub version: String,
+}
+
+impl Req {
+    pub fn q(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn h(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Operation name from method, path shape and query (used for stats, faults, SAS).
+fn operation(
+    method: &Method,
+    has_container: bool,
+    has_blob: bool,
+    req_q: &[(String, String)],
+    headers: &HeaderMap,
+) -> &'static str {
+    let q = |n: &str| {
+        req_q
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
+    let comp = q("comp").unwrap_or("");
+    if !has_container {
+        return match (method.as_str(), comp) {
+            ("GET", "list") => "ListContainers",
+            ("GET", "properties") | ("HEAD", "properties") => "GetServiceProperties",
+            _ => "Unknown",
+        };
+    }
+    if !has_blob {
+        return match (method.as_str(), comp) {
+            ("PUT", "") => "CreateContainer",
+            ("GET", "") | ("HEAD", "") => "GetContainerProperties",
+            ("DELETE", "") => "DeleteContainer",
+            ("GET", "list") => "ListBlobs",
+            ("PUT", "metadata") => "SetContainerMetadata",
+            ("GET", "metadata") | ("HEAD", "metadata") => "GetContainerMetadata",
+            _ => "Unknown",
+        };
+    }
+    match (method.as_str(), comp) {
+        ("GET", "") => "GetBlob",
+        ("HEAD", "") => "GetBlobProperties",
+        ("PUT", "") if headers.contains_key("x-ms-copy-source") => "CopyBlob",
+        ("PUT", "") => "PutBlob",
+        ("PUT", "block") => "PutBlock",
+        ("PUT", "blocklist") => "PutBlockList",
+        ("GET", "blocklist") => "GetBlockList",
+        ("DELETE", "") => "DeleteBlob",
+        ("PUT", "metadata") => "SetBlobMetadata",
+        ("GET", "metadata") | ("HEAD", "metadata") => "GetBlobMetadata",
+        ("PUT", "properties") => "SetBlobProperties",
+        _ => "Unknown",
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Add the headers every response carries.
+fn finish(
+    mut resp: Response<RespBody>,
+    request_id: &str,
+    version: &str,
+    client_id: Option<&HeaderValue>,
+) -> Response<RespBody> {
+    let h = resp.headers_mut();
+    h.insert(
+        "x-ms-request-id",
+        HeaderValue::from_str(request_id).unwrap(),
+    );
+    if let Ok(v) = HeaderValue::from_str(version) {
+        h.insert("x-ms-version", v);
+    }
+    h.insert(
+        "date",
+        HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())).unwrap(),
+    );
+    h.insert(
+        "server",
+        HeaderValue::from_static("Windows-Azure-Blob/1.0 Microsoft-HTTPAPI/2.0"),
+    );
+    if let Some(c) = client_id {
+        h.insert("x-ms-client-request-id", c.clone());
+    }
+    resp
+}
+
+pub fn error_response(err: &ApiError, request_id: &str, head: bool) -> Response<RespBody> {
+    let no_body = head || err.status == StatusCode::NOT_MODIFIED;
+    let body = if no_body {
+        Bytes::new()
+    } else {
+        Bytes::from(error_body(err, request_id))
+    };
+    let mut b = Response::builder()
+        .status(err.status)
+        .header("x-ms-error-code", err.code);
+    if !no_body {
+        b = b
+            .header("content-type", "application/xml")
+            .header("content-length", body.len());
+    }
+    for (k, v) in &err.headers {
+        b = b.header(*k, v.as_str());
+    }
+    let mut resp = b.body(full(body)).unwrap();
+    if let Ok(r) = hyper::ext::ReasonPhrase::try_from(err.message.clone()) {
+        resp.extensions_mut().insert(r);
+    }
+    resp
+}
+
+fn valid_version(v: &str) -> bool {
+    chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok() && v.len() == 10 && v >= "2019-02-02"
+}
+
+/// The top-level request handler. `Err` means: drop the connection without a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, io::Error> {
+    let raw_path = req.uri().path().to_string();
+    if raw_path.starts_with("/__admin/") {
+        return Ok(admin(shared, req).await);
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (parts, body) = req.into_parts();
+    let client_id = parts.headers.get("x-ms-client-request-id").cloned();
+    let head = parts.method == Method::HEAD;
+    let query = auth::parse_query(parts.uri.query().unwrap_or(""));
+    let req_version = parts
+        .headers
+        .get("x-ms-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let echo_version = req_version
+        .clone()
+        .filter(|v| valid_version(v))
+        .unwrap_or_else(|| "2021-08-06".to_string());
+
+    // path style: /{account}/{container}/{blob...}
+    let trimmed = raw_path.trim_start_matches('/');
+    let mut it = trimmed.splitn(3, '/');
+    let account = percent_decode(it.next().unwrap_or(""));
+    let container = percent_decode(it.next().unwrap_or(""));
+    let blob = percent_decode(it.next().unwrap_or(""));
+    let op = operation(
+        &parts.method,
+        !container.is_empty(),
+        !blob.is_empty(),
+        &query,
+        &parts.headers,
+    );
+    shared.count(op);
+
+    let fault = shared.decide_fault(op);
+    match fault {
+        Some(FaultKind::Reset) => return Err(io::Error::other("injected reset")),
+        Some(FaultKind::E500) => {
+            let e = ApiError::internal();
+            return Ok(finish(
+                error_response(&e, &request_id, head),
+                &request_id,
+                &echo_version,
+                client_id.as_ref(),
+            ));
+        }
+        Some(FaultKind::E503) => {
+            let e = ApiError::new(
+                503,
+                "ServerBusy",
+                "The server is currently unable to receive requests. Please retry your request.",
+            )
+            .header("retry-after", "1");
+            return Ok(finish(
+                error_response(&e, &request_id, head),
+                &request_id,
+                &echo_version,
+                client_id.as_ref(),
+            ));
+        }
+        Some(FaultKind::E408) => {
+            let e = ApiError::new(
+                408,
+                "RequestTimeout",
+                "The server timed out waiting for the request.",
+            );
+            return Ok(finish(
+                error_response(&e, &request_id, head),
+                &request_id,
+                &echo_version,
+                client_id.as_ref(),
+            ));
+        }
+        Some(FaultKind::Slow(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        _ => {}
+    }
+
+    let result = process(
+        &shared,
+        parts.method.clone(),
+        parts.headers,
+        query,
+        &raw_path,
+        account,
+        container,
+        blob,
+        op,
+        req_version,
+        body,
+    )
+    .await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => error_response(&e, &request_id, head),
+    };
+    if !head {
+        if let Some(len) = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            shared.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+    let mut resp = finish(resp, &request_id, &echo_version, client_id.as_ref());
+    if fault == Some(FaultKind::Truncate) {
+        let len = if head {
+            None
+        } else {
+            resp.headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        match len {
+            Some(n) if n > 0 => {
+                let (p, b) = resp.into_parts();
+                resp = Response::from_parts(
+                    p,
+                    Truncate {
+                        inner: b,
+                        remaining: n / 2,
+                        total: n,
+                    }
+                    .boxed(),
+                );
+            }
+            _ => return Err(io::Error::other("injected reset (truncate without body)")),
+        }
+    }
+    Ok(resp)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn process(
+    shared: &Arc<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    query: Vec<(String, String)>,
+    raw_path: &str,
+    account: String,
+    container: String,
+    blob: String,
+    op: &'static str,
+    req_version: Option<String>,
+    body: Incoming,
+) -> Result<Response<RespBody>, ApiError> {
+    // --- authentication ---
+    let sas_version = authenticate(
+        shared, &method, &headers, &query, raw_path, &account, &container, &blob, op,
+    )?;
+    let version = match (req_version, sas_version) {
+        (Some(v), _) => v,
+        (None, Some(sv)) => sv,
+        (None, None) => return Err(ApiError::missing_header("x-ms-version")),
+    };
+    if !valid_version(&version) {
+        return Err(ApiError::invalid_header("x-ms-version", &version));
+    }
+    if op == "Unknown" {
+        return Err(ApiError::unsupported());
+    }
+
+    // --- body ---
+    let mut buf = BytesMut::new();
+    if method == Method::PUT || method == Method::POST {
+        let len = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let Some(len) = len else {
+            return Err(ApiError::new(
+                411,
+                "MissingContentLengthHeader",
+                "Content-Length HTTP header is missing.",
+            ));
+        };
+        buf.reserve(len);
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ApiError::new(
+                    400,
+                    "InvalidInput",
+                    "One of the request inputs is not valid.",
+                )
+            })?;
+            if let Ok(d) = frame.into_data() {
+                buf.extend_from_slice(&d);
+            }
+        }
+        shared
+            .stats
+            .bytes_in
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if buf.len() != len {
+            return Err(ApiError::invalid_input());
+        }
+    }
+    let req = Req {
+        method,
+        headers,
+        query,
+        account,
+        container,
+        blob,
+        body: buf,
+        tls: shared.tls,
+        version,
+    };
+    ops::dispatch(shared, op, req).await
+}
+
+/// Verify Shared Key or SAS. Returns the SAS `sv` for SAS requests.
+#[allow(clippy::too_many_arguments)]
+fn authenticate(
+    shared: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    raw_path: &str,
+    account: &str,
+    container: &str,
+    blob: &str,
+    op: &str,
+) -> Result<Option<String>, ApiError> {
+    let keys: Option<Vec<Vec<u8>>> = {
+        let st = shared.state.lock().unwrap();
+        st.accounts.get(account).map(|a| a.keys.to_vec())
+    };
+    if let Some(authz) = headers.get("authorization") {
+        let authz = authz.to_str().unwrap_or("");
+        let Some((acct, sig)) = auth::parse_shared_key(authz) else {
+            return Err(ApiError::auth_failed(Some(format!(
+                "The authorization header '{authz}' is not supported or malformed."
+            ))));
+        };
+        let Some(keys) = keys.filter(|_| acct == account) else {
+            return Err(ApiError::auth_failed(Some(format!(
+                "The account '{acct}' does not exist or does not match the request URI."
+            ))));
+        };
+        let date = headers
+            .get("x-ms-date")
+            .or_else(|| headers.get("date"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Ok(t) = httpdate::parse_http_date(date) else {
+            return Err(ApiError::auth_failed(Some(
+                "Request date header not specified or invalid.".to_string(),
+            )));
+        };
+        let now = std::time::SystemTime::now();
+        if let Ok(age) = now.duration_since(t) {
+            if age > Duration::from_secs(15 * 60) {
+                return Err(ApiError::auth_failed(Some(format!(
+                    "Request date header too old: '{date}'"
+                ))));
+            }
+        } else if t.duration_since(now).unwrap_or_default() > Duration::from_secs(15 * 60) {
+            return Err(ApiError::auth_failed(Some(format!(
+                "Request date header too far in the future: '{date}'"
+            ))));
+        }
+        let sts = auth::string_to_sign(method.as_str(), headers, account, raw_path, query);
+        if !auth::signature_matches(&keys, &sts, &sig) {
+            return Err(ApiError::auth_failed(Some(format!(
+                "The MAC signature found in the HTTP request '{sig}' is not the same as any computed signature. Server used following string to sign: '{sts}'."
+            ))));
+        }
+        return Ok(None);
+    }
+    let Some(sas) = auth::Sas::from_query(query) else {
+        return Err(ApiError::no_auth());
+    };
+    let Some(keys) = keys else {
+        return Err(ApiError::auth_failed(Some(
+            "The specified account does not exist.".into(),
+        )));
+    };
+    let sts = if sas.is_account() {
+        sas.account_sts(account)
+    } else {
+        let mut res = format!("/blob/{account}/{container}");
+        if sas.sr.as_deref() != Some("c") && !blob.is_empty() {
+            res.push('/');
+            res.push_str(blob);
+        }
+        sas.service_sts(&res)
+    };
+    if !auth::signature_matches(&keys, &sts, &sas.sig) {
+        return Err(ApiError::auth_failed(Some(format!(
+            "Signature did not match. String to sign used was {sts}"
+        ))));
+    }
+    let now = chrono::Utc::now();
+    let se = auth::parse_sas_time(&sas.se)
+        .ok_or_else(|| ApiError::auth_failed(Some("Signed expiry time is invalid.".into())))?;
+    if now > se {
+        return Err(ApiError::auth_failed(Some(format!(
+            "Signed expiry time [{}] has to be after signed start time and current time.",
+            sas.se
+        ))));
+    }
+    if !sas.st.is_empty() {
+        let st = auth::parse_sas_time(&sas.st)
+            .ok_or_else(|| ApiError::auth_failed(Some("Signed start time is invalid.".into())))?;
+        if now + chrono::Duration::minutes(15) < st {
+            return Err(ApiError::auth_failed(Some(format!(
+                "Signed start time [{}] is in the future.",
+                sas.st
+            ))));
+        }
+    }
+    if sas.spr == "https" && !shared.tls {
+        return Err(ApiError::new(
+            403,
+            "AuthorizationProtocolMismatch",
+            "This request is not authorized to perform this operation using this protocol.",
+        ));
+    }
+    if sas.is_account() {
+        if !sas.ss.as_deref().unwrap_or("").contains('b') {
+            return Err(ApiError::new(
+                403,
+                "AuthorizationServiceMismatch",
+                "This request is not authorized to perform this operation using this service.",
+            ));
+        }
+        let need = if container.is_empty() {
+            's'
+        } else if blob.is_empty() {
+            'c'
+        } else {
+            'o'
+        };
+        if !sas.srt.as_deref().unwrap_or("").contains(need) {
+            return Err(ApiError::new(
+                403,
+                "AuthorizationResourceTypeMismatch",
+                "This request is not authorized to perform this operation using this resource type.",
+            ));
+        }
+    } else if sas.sr.as_deref() == Some("b") && blob.is_empty() {
+        return Err(ApiError::new(
+            403,
+            "AuthorizationResourceTypeMismatch",
+            "This request is not authorized to perform this operation using this resource type.",
+        ));
+    }
+    let allowed: &[char] = match op {
+        "GetBlob"
+        | "GetBlobProperties"
+        | "GetBlockList"
+        | "GetContainerProperties"
+        | "GetBlobMetadata"
+        | "GetContainerMetadata" => &['r'],
+        "PutBlob" | "PutBlock" | "PutBlockList" | "CopyBlob" => &['w', 'c'],
+        "SetBlobMetadata" | "SetBlobProperties" | "SetContainerMetadata" => &['w'],
+        "CreateContainer" => &['c', 'w'],
+        "DeleteBlob" | "DeleteContainer" => &['d'],
+        "ListBlobs" | "ListContainers" => &['l'],
+        _ => &[],
+    };
+    if !allowed.iter().any(|c| sas.sp.contains(*c)) {
+        return Err(ApiError::new(
+            403,
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission.",
+        ));
+    }
+    Ok(Some(sas.sv.clone()))
+}
+
+/// A body that stops (with an error, which closes the connection) after `remaining` bytes.
+struct Truncate {
+    inner: RespBody,
+    remaining: u64,
+    total: u64,
+}
+
+impl Body for Truncate {
+    type Data = Bytes;
+    type Error = io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(Some(Err(io::Error::other("injected truncation"))));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut d) => {
+                    if d.len() as u64 > self.remaining {
+                        d.truncate(self.remaining as usize);
+                    }
+                    self.remaining -= d.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                Err(f) => Poll::Ready(Some(Ok(f))),
+            },
+            Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::other("injected truncation")))),
+            other => other,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.total)
+    }
+}
+
+fn json_response(status: u16, v: &serde_json::Value) -> Response<RespBody> {
+    let body = serde_json::to_vec(v).unwrap();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(full(body))
+        .unwrap()
+}
+
+async fn admin(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBody> {
+    let path = req.uri().path().to_string();
+    let query = auth::parse_query(req.uri().query().unwrap_or(""));
+    let method = req.method().clone();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let bad = |msg: &str| json_response(400, &serde_json::json!({"error": msg}));
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/__admin/stats") => {
+            let reqs = shared.stats.requests.lock().unwrap().clone();
+            json_response(
+                200,
+                &serde_json::json!({
+                    "requests": reqs,
+                    "total_requests": shared.stats.total.load(Ordering::Relaxed),
+                    "bytes_in": shared.stats.bytes_in.load(Ordering::Relaxed),
+                    "bytes_out": shared.stats.bytes_out.load(Ordering::Relaxed),
+                    "faults_injected": shared.stats.faults.load(Ordering::Relaxed),
+                }),
+            )
+        }
+        ("DELETE", "/__admin/stats") => {
+            shared.stats.requests.lock().unwrap().clear();
+            shared.stats.total.store(0, Ordering::Relaxed);
+            shared.stats.bytes_in.store(0, Ordering::Relaxed);
+            shared.stats.bytes_out.store(0, Ordering::Relaxed);
+            shared.stats.faults.store(0, Ordering::Relaxed);
+            Response::builder().status(204).body(empty()).unwrap()
+        }
+        ("POST", "/__admin/faults") => {
+            let cfg: FaultConfig = match serde_json::from_slice(&body) {
+                Ok(c) => c,
+                Err(e) => return bad(&e.to_string()),
+            };
+            if !(0.0..=1.0).contains(&cfg.rate) {
+                return bad("rate must be within 0..=1");
+            }
+            for k in &cfg.kinds {
+                if !["500", "503", "408", "reset", "slow", "truncate"].contains(&k.as_str()) {
+                    return bad(&format!("unknown fault kind {k}"));
+                }
+            }
+            let echo = serde_json::to_value(&cfg).unwrap();
+            *shared.faults.lock().unwrap() = Some(Faults {
+                rng: rand::rngs::StdRng::seed_from_u64(cfg.seed),
+                cfg,
+            });
+            json_response(200, &echo)
+        }
+        ("DELETE", "/__admin/faults") => {
+            *shared.faults.lock().unwrap() = None;
+            Response::builder().status(204).body(empty()).unwrap()
+        }
+        ("POST", p) if p.starts_with("/__admin/accounts/") && p.ends_with("/regenerate-key") => {
+            let name = percent_decode(
+                p.trim_start_matches("/__admin/accounts/")
+                    .trim_end_matches("/regenerate-key"),
+            );
+            let which: usize = match query
+                .iter()
+                .find(|(k, _)| k == "key")
+                .map(|(_, v)| v.as_str())
+            {
+                Some("1") | None => 1,
+                Some("2") => 2,
+                Some(_) => return bad("key must be 1 or 2"),
+            };
+            let mut raw = [0u8; 64];
+            rand::thread_rng().fill(&mut raw[..]);
+            let mut st = shared.state.lock().unwrap();
+            let Some(acct) = st.accounts.get_mut(&name) else {
+                return json_response(404, &serde_json::json!({"error": "no such account"}));
+            };
+            acct.keys[which - 1] = raw.to_vec();
+            json_response(
+                200,
+                &serde_json::json!({"account": name, "key": B64.encode(raw), "which": which}),
+            )
+        }
+        _ => json_response(404, &serde_json::json!({"error": "unknown admin endpoint"})),
+    }
+}
