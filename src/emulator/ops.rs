@@ -1178,10 +1178,8 @@ pub fn parse_block_list(body: &[u8]) -> Result<Vec<(ListKind, String)>, ApiError
                     return Err(bad());
                 }
             }
-            Event::Text(t) => {
-                if depth == 2 {
-                    text.push_str(&t.unescape().map_err(|_| bad())?);
-                }
+            Event::Text(t) if depth == 2 => {
+                text.push_str(&t.unescape().map_err(|_| bad())?);
             }
             Event::End(_) => {
                 if depth == 2 {

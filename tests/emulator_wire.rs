@@ -1,0 +1,875 @@
+//! Wire-level tests of the bundled emulator, driven with hand-signed raw requests.
+//! The signer below is deliberately separate from both the emulator and `crate::blob`.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use cpkfs::emulator::{self, EmulatorConfig, EmulatorHandle, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+const VERSION: &str = "2021-08-06";
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    account: String,
+    key: Vec<u8>,
+}
+
+struct Resp {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn code(&self) -> &str {
+        self.headers
+            .get("x-ms-error-code")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+    fn h(&self, n: &str) -> Option<&str> {
+        self.headers.get(n).map(|v| v.to_str().unwrap())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn sign(
+    key: &[u8],
+    account: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+) -> String {
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut sts = format!("{method}\n");
+    for h in [
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-md5",
+        "content-type",
+        "date",
+        "if-modified-since",
+        "if-match",
+        "if-none-match",
+        "if-unmodified-since",
+        "range",
+    ] {
+        let v = get(h);
+        if !(h == "content-length" && v == "0") {
+            sts.push_str(&v);
+        }
+        sts.push('\n');
+    }
+    let mut xms: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().starts_with("x-ms-"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    xms.sort();
+    for (k, v) in xms {
+        sts.push_str(&format!("{k}:{v}\n"));
+    }
+    sts.push_str(&format!("/{account}{path}"));
+    let mut q: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
+        .collect();
+    q.sort();
+    for (k, v) in q {
+        sts.push_str(&format!("\n{k}:{v}"));
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(sts.as_bytes());
+    B64.encode(mac.finalize().into_bytes())
+}
+
+impl Client {
+    fn new(h: &EmulatorHandle, key_b64: &str) -> Client {
+        let mut b = reqwest::Client::builder().pool_max_idle_per_host(0);
+        if let Some(pem) = &h.ca_pem {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        }
+        Client {
+            http: b.build().unwrap(),
+            base: h.url.clone(),
+            account: DEV_ACCOUNT.to_string(),
+            key: B64.decode(key_b64).unwrap(),
+        }
+    }
+
+    async fn send_raw(
+        &self,
+        method: &str,
+        path_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        auth: bool,
+    ) -> Result<Resp, reqwest::Error> {
+        let path_query = format!("/{}{}", self.account, path_query);
+        let (path, query) = path_query.split_once('?').unwrap_or((&path_query, ""));
+        let mut hs: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        hs.push((
+            "x-ms-date".into(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        ));
+        if !hs.iter().any(|(k, _)| k == "x-ms-version") {
+            hs.push(("x-ms-version".into(), VERSION.into()));
+        }
+        if method == "PUT" || method == "POST" {
+            hs.push(("content-length".into(), body.len().to_string()));
+        }
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut rb = self.http.request(m, format!("{}{}", self.base, path_query));
+        if auth {
+            let sig = sign(&self.key, &self.account, method, path, query, &hs);
+            rb = rb.header("authorization", format!("SharedKey {}:{sig}", self.account));
+        }
+        for (k, v) in &hs {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        if method == "PUT" || method == "POST" {
+            rb = rb.body(body);
+        }
+        let r = rb.send().await?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.bytes().await?.to_vec();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn send(&self, method: &str, pq: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        self.send_raw(method, pq, headers, body, true)
+            .await
+            .unwrap()
+    }
+}
+
+struct Key {
+    key: String,
+    sha: String,
+}
+
+fn cpk(raw: &[u8; 32]) -> Key {
+    Key {
+        key: B64.encode(raw),
+        sha: B64.encode(Sha256::digest(raw)),
+    }
+}
+
+fn cpk_headers(k: &Key) -> Vec<(&str, &str)> {
+    vec![
+        ("x-ms-encryption-key", k.key.as_str()),
+        ("x-ms-encryption-key-sha256", k.sha.as_str()),
+        ("x-ms-encryption-algorithm", "AES256"),
+    ]
+}
+
+async fn start_default() -> (EmulatorHandle, Client) {
+    let h = emulator::start(EmulatorConfig::default()).await.unwrap();
+    let c = Client::new(&h, DEV_KEY1);
+    let r = c.send("PUT", "/ct1?restype=container", &[], vec![]).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    (h, c)
+}
+
+#[tokio::test]
+async fn bad_signature_gives_azure_403_and_no_auth_401() {
+    let (h, c) = start_default().await;
+    let bad = Client::new(&h, DEV_KEY2.replace('Q', "R").as_str());
+    let r = bad.send("GET", "/ct1?restype=container", &[], vec![]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.code(), "AuthenticationFailed");
+    let t = r.text();
+    assert!(t.starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate the request."), "{t}");
+    assert!(t.contains("\nRequestId:"), "{t}");
+    assert!(t.contains("\nTime:"), "{t}");
+    assert!(
+        t.contains("<AuthenticationErrorDetail>The MAC signature found in the HTTP request"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Server used following string to sign: 'GET\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("/devstoreaccount1/devstoreaccount1/ct1\nrestype:container'."),
+        "{t}"
+    );
+    assert!(r.h("x-ms-request-id").is_some());
+    assert_eq!(
+        r.h("server"),
+        Some("Windows-Azure-Blob/1.0 Microsoft-HTTPAPI/2.0")
+    );
+
+    // key2 works too
+    let c2 = Client::new(&h, DEV_KEY2);
+    let r = c2.send("GET", "/ct1?restype=container", &[], vec![]).await;
+    assert_eq!(r.status, 200);
+
+    let r = c
+        .send_raw("GET", "/ct1?restype=container", &[], vec![], false)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "NoAuthenticationInformation");
+
+    // HEAD errors have no body
+    let r = bad.send("HEAD", "/ct1/x", &[], vec![]).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.is_empty());
+
+    // version checks and echo
+    let r = c
+        .send(
+            "GET",
+            "/ct1?restype=container",
+            &[("x-ms-version", "2018-03-28")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.code(), "InvalidHeaderValue");
+    assert!(r.text().contains("<HeaderName>x-ms-version</HeaderName>"));
+    let r = c
+        .send(
+            "GET",
+            "/ct1?restype=container",
+            &[
+                ("x-ms-version", "2020-04-08"),
+                ("x-ms-client-request-id", "abc"),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("x-ms-version"), Some("2020-04-08"));
+    assert_eq!(r.h("x-ms-client-request-id"), Some("abc"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn cpk_409_codes_and_roundtrip() {
+    let (h, c) = start_default().await;
+    let k = cpk(&[1u8; 32]);
+    let k2 = cpk(&[2u8; 32]);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let mut hs = cpk_headers(&k);
+    hs.push(("x-ms-blob-type", "BlockBlob"));
+    hs.push(("x-ms-meta-mode", "0644"));
+    let r = c.send("PUT", "/ct1/dir/enc.bin", &hs, data.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.h("x-ms-request-server-encrypted"), Some("true"));
+    assert_eq!(r.h("x-ms-encryption-key-sha256"), Some(k.sha.as_str()));
+
+    let r = c.send("GET", "/ct1/dir/enc.bin", &[], vec![]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    let r = c
+        .send("GET", "/ct1/dir/enc.bin", &cpk_headers(&k2), vec![])
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobCustomerSpecifiedEncryptionMismatch")
+    );
+    let r = c.send("HEAD", "/ct1/dir/enc.bin", &[], vec![]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    assert!(r.body.is_empty());
+    let r = c
+        .send("HEAD", "/ct1/dir/enc.bin", &cpk_headers(&k), vec![])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.h("content-length"), Some("3000000"));
+    assert_eq!(r.h("x-ms-meta-mode"), Some("0644"));
+    assert_eq!(r.h("x-ms-server-encrypted"), Some("true"));
+    assert_eq!(r.h("x-ms-encryption-key-sha256"), Some(k.sha.as_str()));
+
+    let r = c
+        .send("GET", "/ct1/dir/enc.bin", &cpk_headers(&k), vec![])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == data);
+    let mut hs = cpk_headers(&k);
+    hs.push(("x-ms-range", "bytes=1048570-2100000"));
+    let r = c.send("GET", "/ct1/dir/enc.bin", &hs, vec![]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.h("content-range"), Some("bytes 1048570-2100000/3000000"));
+    assert!(r.body[..] == data[1048570..=2100000]);
+
+    // non-CPK blob with a key
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/plain",
+            &[("x-ms-blob-type", "BlockBlob")],
+            b"hi".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert!(r.h("x-ms-content-crc64").is_some());
+    let r = c.send("GET", "/ct1/plain", &cpk_headers(&k), vec![]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobDoesNotUseCustomerSpecifiedEncryption")
+    );
+    let r = c.send("HEAD", "/ct1/plain", &cpk_headers(&k), vec![]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobDoesNotUseCustomerSpecifiedEncryption")
+    );
+    assert!(r.body.is_empty());
+
+    // Set metadata needs the key; Set properties / Get Block List / Delete do not.
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/dir/enc.bin?comp=metadata",
+            &[("x-ms-meta-a", "b")],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/dir/enc.bin?comp=properties",
+            &[("x-ms-blob-content-type", "text/plain")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // listing shows the key hash and hides metadata
+    let r = c
+        .send(
+            "GET",
+            "/ct1?restype=container&comp=list&include=metadata",
+            &[],
+            vec![],
+        )
+        .await;
+    let t = r.text();
+    assert!(
+        t.contains(&format!(
+            "<CustomerProvidedKeySha256>{}</CustomerProvidedKeySha256>",
+            k.sha
+        )),
+        "{t}"
+    );
+    assert!(t.contains("<Metadata Encrypted=\"true\" />"), "{t}");
+
+    // blocks: staged with K, then a block without key -> 409, commit without key -> 409
+    let id1 = B64.encode(b"blk-0001");
+    let id2 = B64.encode(b"blk-0002");
+    let q1 = format!("/ct1/b2?comp=block&blockid={}", urlenc(&id1));
+    let q2 = format!("/ct1/b2?comp=block&blockid={}", urlenc(&id2));
+    let r = c
+        .send("PUT", &q1, &cpk_headers(&k), b"hello ".to_vec())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = c.send("PUT", &q2, &[], b"world".to_vec()).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    let r = c
+        .send("PUT", &q2, &cpk_headers(&k2), b"world".to_vec())
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobCustomerSpecifiedEncryptionMismatch")
+    );
+    let r = c
+        .send("PUT", &q2, &cpk_headers(&k), b"world".to_vec())
+        .await;
+    assert_eq!(r.status, 201);
+    let xml = format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{id1}</Latest><Uncommitted>{id2}</Uncommitted></BlockList>");
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/b2?comp=blocklist",
+            &[],
+            xml.clone().into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    let r = c.send("GET", "/ct1/b2", &cpk_headers(&k), vec![]).await;
+    assert_eq!(r.status, 404, "uncommitted blob is invisible");
+    let r = c
+        .send(
+            "GET",
+            "/ct1/b2?comp=blocklist&blocklisttype=all",
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("<CommittedBlocks />"), "{}", r.text());
+    assert!(r
+        .text()
+        .contains(&format!("<Block><Name>{id1}</Name><Size>6</Size></Block>")));
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/b2?comp=blocklist",
+            &cpk_headers(&k),
+            xml.into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = c.send("GET", "/ct1/b2", &cpk_headers(&k), vec![]).await;
+    assert_eq!(r.text(), "hello world");
+    let r = c.send("DELETE", "/ct1/b2", &[], vec![]).await;
+    assert_eq!(r.status, 202);
+
+    // copy of a CPK source
+    let src = format!("{}/{}/ct1/dir/enc.bin", h.url, DEV_ACCOUNT);
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/copy",
+            &[("x-ms-copy-source", src.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (409, "CannotVerifyCopySource"));
+    let src = format!("{}/{}/ct1/plain", h.url, DEV_ACCOUNT);
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/copy",
+            &[("x-ms-copy-source", src.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.h("x-ms-copy-status"), Some("success"));
+    let r = c.send("GET", "/ct1/copy", &[], vec![]).await;
+    assert_eq!(r.text(), "hi");
+    h.shutdown().await;
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn cpk_over_http_is_refused() {
+    let cfg = EmulatorConfig {
+        tls: false,
+        ..Default::default()
+    };
+    let h = emulator::start(cfg).await.unwrap();
+    assert!(h.url.starts_with("http://"));
+    assert!(h.ca_pem.is_none());
+    let c = Client::new(&h, DEV_KEY1);
+    assert_eq!(
+        c.send("PUT", "/ct1?restype=container", &[], vec![])
+            .await
+            .status,
+        201
+    );
+    let k = cpk(&[3u8; 32]);
+    let mut hs = cpk_headers(&k);
+    hs.push(("x-ms-blob-type", "BlockBlob"));
+    let r = c.send("PUT", "/ct1/a", &hs, b"x".to_vec()).await;
+    assert_eq!((r.status, r.code()), (400, "AccountRequiresHttps"));
+    h.shutdown().await;
+
+    let cfg = EmulatorConfig {
+        tls: false,
+        allow_cpk_over_http: true,
+        ..Default::default()
+    };
+    let h = emulator::start(cfg).await.unwrap();
+    let c = Client::new(&h, DEV_KEY1);
+    assert_eq!(
+        c.send("PUT", "/ct1?restype=container", &[], vec![])
+            .await
+            .status,
+        201
+    );
+    let r = c.send("PUT", "/ct1/a", &hs, b"x".to_vec()).await;
+    assert_eq!(r.status, 201);
+    h.shutdown().await;
+}
+
+async fn admin(
+    h: &EmulatorHandle,
+    c: &Client,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = c
+        .http
+        .request(m, format!("{}{}", h.url, path))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn admin_stats_faults_and_key_regeneration() {
+    let (h, c) = start_default().await;
+    let (s, _) = admin(&h, &c, "DELETE", "/__admin/stats", "").await;
+    assert_eq!(s, 204);
+    c.send(
+        "PUT",
+        "/ct1/a",
+        &[("x-ms-blob-type", "BlockBlob")],
+        vec![7u8; 1000],
+    )
+    .await;
+    c.send("GET", "/ct1/a", &[], vec![]).await;
+    c.send("GET", "/ct1/a", &[], vec![]).await;
+    c.send("GET", "/ct1/missing", &[], vec![]).await;
+    let (s, body) = admin(&h, &c, "GET", "/__admin/stats", "").await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["requests"]["PutBlob"], 1);
+    assert_eq!(v["requests"]["GetBlob"], 3);
+    assert_eq!(v["total_requests"], 4);
+    assert_eq!(v["bytes_in"], 1000);
+    assert!(v["bytes_out"].as_u64().unwrap() >= 2000);
+
+    // faults: always 503 on GetBlob only
+    let (s, echo) = admin(
+        &h,
+        &c,
+        "POST",
+        "/__admin/faults",
+        r#"{"rate":1.0,"kinds":["503"],"seed":1,"operations":["GetBlob"]}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{echo}");
+    let r = c.send("GET", "/ct1/a", &[], vec![]).await;
+    assert_eq!((r.status, r.code()), (503, "ServerBusy"));
+    assert_eq!(r.h("retry-after"), Some("1"));
+    let r = c.send("HEAD", "/ct1/a", &[], vec![]).await;
+    assert_eq!(r.status, 200);
+    // reset: no response at all, and the request is not performed
+    admin(
+        &h,
+        &c,
+        "POST",
+        "/__admin/faults",
+        r#"{"rate":1.0,"kinds":["reset"],"seed":1}"#,
+    )
+    .await;
+    let r = c.send_raw("DELETE", "/ct1/a", &[], vec![], true).await;
+    assert!(r.is_err());
+    // truncate: body cut short
+    admin(
+        &h,
+        &c,
+        "POST",
+        "/__admin/faults",
+        r#"{"rate":1.0,"kinds":["truncate"],"seed":1,"operations":["GetBlob"]}"#,
+    )
+    .await;
+    let r = c.send_raw("GET", "/ct1/a", &[], vec![], true).await;
+    assert!(r.is_err());
+    let (s, _) = admin(&h, &c, "DELETE", "/__admin/faults", "").await;
+    assert_eq!(s, 204);
+    let r = c.send("GET", "/ct1/a", &[], vec![]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 1000);
+    let (_, body) = admin(&h, &c, "GET", "/__admin/stats", "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["faults_injected"], 3);
+
+    // seeded decisions are deterministic
+    let mut seqs = Vec::new();
+    for _ in 0..2 {
+        admin(
+            &h,
+            &c,
+            "POST",
+            "/__admin/faults",
+            r#"{"rate":0.5,"kinds":["500"],"seed":42}"#,
+        )
+        .await;
+        let mut seq = Vec::new();
+        for _ in 0..12 {
+            seq.push(c.send("HEAD", "/ct1/a", &[], vec![]).await.status);
+        }
+        seqs.push(seq);
+    }
+    assert_eq!(seqs[0], seqs[1]);
+    assert!(seqs[0].contains(&500) && seqs[0].contains(&200));
+    admin(&h, &c, "DELETE", "/__admin/faults", "").await;
+
+    // regenerate key1: old key fails, new key works, key2 still works
+    let (s, body) = admin(
+        &h,
+        &c,
+        "POST",
+        "/__admin/accounts/devstoreaccount1/regenerate-key?key=1",
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["which"], 1);
+    let newkey = v["key"].as_str().unwrap();
+    assert_eq!(B64.decode(newkey).unwrap().len(), 64);
+    let r = c.send("HEAD", "/ct1/a", &[], vec![]).await;
+    assert_eq!((r.status, r.code()), (403, "AuthenticationFailed"));
+    let c_new = Client::new(&h, newkey);
+    assert_eq!(c_new.send("HEAD", "/ct1/a", &[], vec![]).await.status, 200);
+    assert_eq!(
+        Client::new(&h, DEV_KEY2)
+            .send("HEAD", "/ct1/a", &[], vec![])
+            .await
+            .status,
+        200
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn ranges_conditions_and_listing() {
+    let (h, c) = start_default().await;
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/empty",
+            &[("x-ms-blob-type", "BlockBlob")],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.h("content-md5"), Some("1B2M2Y8AsgTpgAmY7PhCfg=="));
+    let r = c
+        .send("GET", "/ct1/empty", &[("x-ms-range", "bytes=0-")], vec![])
+        .await;
+    assert_eq!((r.status, r.code()), (416, "InvalidRange"));
+    assert_eq!(r.h("content-range"), Some("bytes */0"));
+    let r = c.send("GET", "/ct1/empty", &[], vec![]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/hw",
+            &[("x-ms-blob-type", "BlockBlob")],
+            b"Hello World".to_vec(),
+        )
+        .await;
+    assert_eq!(r.h("x-ms-content-crc64"), Some("YeJLfssylmU="));
+    let etag = r.h("etag").unwrap().to_string();
+    assert!(etag.starts_with("\"0x8D"));
+    let r = c
+        .send("GET", "/ct1/hw", &[("range", "bytes=6-")], vec![])
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (206, "World"));
+    let r = c
+        .send("GET", "/ct1/hw", &[("x-ms-range", "bytes=11-20")], vec![])
+        .await;
+    assert_eq!(r.status, 416);
+    let r = c
+        .send(
+            "GET",
+            "/ct1/hw",
+            &[
+                ("x-ms-range", "bytes=0-4"),
+                ("x-ms-range-get-content-crc64", "true"),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert!(r.h("x-ms-content-crc64").is_some());
+    let r = c
+        .send(
+            "GET",
+            "/ct1/hw",
+            &[("if-none-match", etag.as_str())],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 304);
+    let r = c
+        .send("GET", "/ct1/hw", &[("if-match", "\"0x8D000\"")], vec![])
+        .await;
+    assert_eq!((r.status, r.code()), (412, "ConditionNotMet"));
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/hw",
+            &[("x-ms-blob-type", "BlockBlob"), ("if-none-match", "*")],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (409, "BlobAlreadyExists"));
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/hw",
+            &[
+                ("x-ms-blob-type", "BlockBlob"),
+                ("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg=="),
+            ],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "Md5Mismatch"));
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/hw?comp=metadata",
+            &[("x-ms-meta-1bad", "x")],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "InvalidMetadata"));
+
+    for n in ["d/a", "d/b/1", "d/b/2", "d/c", "e", "f/x"] {
+        c.send(
+            "PUT",
+            &format!("/ct1/{n}"),
+            &[("x-ms-blob-type", "BlockBlob")],
+            vec![],
+        )
+        .await;
+    }
+    let mut marker = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let q = format!(
+            "/ct1?restype=container&comp=list&delimiter=%2F&prefix=d%2F&maxresults=1{}",
+            if marker.is_empty() {
+                String::new()
+            } else {
+                format!("&marker={}", urlenc(&marker))
+            }
+        );
+        let t = c.send("GET", &q, &[], vec![]).await.text();
+        for part in t.split("<Name>").skip(1) {
+            seen.push(part.split("</Name>").next().unwrap().to_string());
+        }
+        match t.split("<NextMarker>").nth(1) {
+            Some(rest) => marker = rest.split("</NextMarker>").next().unwrap().to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["d/a", "d/b/", "d/c"]);
+    let r = c
+        .send(
+            "GET",
+            "/ct1?restype=container&comp=list&maxresults=0",
+            &[],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn persistence_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EmulatorConfig {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let h = emulator::start(cfg.clone()).await.unwrap();
+    let c = Client::new(&h, DEV_KEY1);
+    assert_eq!(
+        c.send("PUT", "/ct1?restype=container", &[], vec![])
+            .await
+            .status,
+        201
+    );
+    let k = cpk(&[9u8; 32]);
+    let mut hs = cpk_headers(&k);
+    hs.push(("x-ms-blob-type", "BlockBlob"));
+    hs.push(("x-ms-meta-uid", "1000"));
+    assert_eq!(
+        c.send("PUT", "/ct1/a/b.txt", &hs, b"secret data".to_vec())
+            .await
+            .status,
+        201
+    );
+    let id = B64.encode(b"0001");
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/staged?comp=block&blockid={}", urlenc(&id)),
+            &[],
+            b"pending".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let etag = c
+        .send("HEAD", "/ct1/a/b.txt", &cpk_headers(&k), vec![])
+        .await
+        .h("etag")
+        .unwrap()
+        .to_string();
+    h.shutdown().await;
+
+    let h = emulator::start(cfg).await.unwrap();
+    let c = Client::new(&h, DEV_KEY1);
+    let r = c
+        .send("GET", "/ct1/a/b.txt", &cpk_headers(&k), vec![])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "secret data");
+    assert_eq!(r.h("etag"), Some(etag.as_str()));
+    assert_eq!(r.h("x-ms-meta-uid"), Some("1000"));
+    let r = c.send("GET", "/ct1/a/b.txt", &[], vec![]).await;
+    assert_eq!(r.code(), "BlobUsesCustomerSpecifiedEncryption");
+    let xml = format!("<BlockList><Uncommitted>{id}</Uncommitted></BlockList>");
+    let r = c
+        .send("PUT", "/ct1/staged?comp=blocklist", &[], xml.into_bytes())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        c.send("GET", "/ct1/staged", &[], vec![]).await.text(),
+        "pending"
+    );
+    // the stored bytes are not plaintext
+    let mut found_plain = false;
+    for f in std::fs::read_dir(dir.path().join("blocks")).unwrap() {
+        let d = std::fs::read(f.unwrap().path()).unwrap();
+        if d.windows(6).any(|w| w == b"secret") {
+            found_plain = true;
+        }
+    }
+    assert!(!found_plain);
+    h.shutdown().await;
+}
