@@ -96,13 +96,17 @@ fn sign(
 
 impl Client {
     fn new(h: &EmulatorHandle, key_b64: &str) -> Client {
-        let mut b = reqwest::Client::builder().pool_max_idle_per_host(0);
-        if let Some(pem) = &h.ca_pem {
+        Client::from_parts(&h.url, h.ca_pem.as_deref(), key_b64, 0)
+    }
+
+    fn from_parts(url: &str, ca_pem: Option<&str>, key_b64: &str, idle: usize) -> Client {
+        let mut b = reqwest::Client::builder().pool_max_idle_per_host(idle);
+        if let Some(pem) = ca_pem {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
         }
         Client {
             http: b.build().unwrap(),
-            base: h.url.clone(),
+            base: url.to_string(),
             account: DEV_ACCOUNT.to_string(),
             key: B64.decode(key_b64).unwrap(),
         }
@@ -872,4 +876,91 @@ async fn persistence_across_restart() {
     }
     assert!(!found_plain);
     h.shutdown().await;
+}
+
+/// Rough throughput check (run: `cargo test --release --test emulator_wire -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_cpk_https() {
+    use std::sync::Arc;
+    // CPKFS_EMU_URL / CPKFS_EMU_CA: measure an external emulator process instead.
+    let (h, c) = match std::env::var("CPKFS_EMU_URL") {
+        Ok(url) => {
+            let ca = std::env::var("CPKFS_EMU_CA")
+                .ok()
+                .map(|p| std::fs::read_to_string(p).unwrap());
+            let c = Client::from_parts(&url, ca.as_deref(), DEV_KEY1, 8);
+            c.send("PUT", "/ct1?restype=container", &[], vec![]).await;
+            (None, c)
+        }
+        Err(_) => {
+            let (h, _) = start_default().await;
+            let c = Client::from_parts(&h.url, h.ca_pem.as_deref(), DEV_KEY1, 8);
+            (Some(h), c)
+        }
+    };
+    let c = Arc::new(c);
+    let k = Arc::new(cpk(&[5u8; 32]));
+    const BLOCK: usize = 8 << 20;
+    const N: usize = 32;
+    let data = Arc::new(vec![0x5au8; BLOCK]);
+    let ids: Vec<String> = (0..N).map(|i| B64.encode(format!("{i:08}"))).collect();
+    let t = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (c, k, data, ids) = (c.clone(), k.clone(), data.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            for id in ids.iter().skip(w).step_by(4) {
+                let q = format!("/ct1/big?comp=block&blockid={}", urlenc(id));
+                let r = c.send("PUT", &q, &cpk_headers(&k), data.to_vec()).await;
+                assert_eq!(r.status, 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "Put Block 8 MiB x{N}, concurrency 4, CPK, https: {:.2} GB/s",
+        (BLOCK * N) as f64 / secs / 1e9
+    );
+    let xml: String = ids
+        .iter()
+        .map(|i| format!("<Latest>{i}</Latest>"))
+        .collect();
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/big?comp=blocklist",
+            &cpk_headers(&k),
+            format!("<BlockList>{xml}</BlockList>").into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let t = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (c, k) = (c.clone(), k.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..N).step_by(4) {
+                let range = format!("bytes={}-{}", i * BLOCK, (i + 1) * BLOCK - 1);
+                let mut hs = cpk_headers(&k);
+                hs.push(("x-ms-range", range.as_str()));
+                let r = c.send("GET", "/ct1/big", &hs, vec![]).await;
+                assert_eq!((r.status, r.body.len()), (206, BLOCK));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "ranged GET 8 MiB x{N}, concurrency 4, CPK, https: {:.2} GB/s",
+        (BLOCK * N) as f64 / secs / 1e9
+    );
+    if let Some(h) = h {
+        h.shutdown().await;
+    }
 }
