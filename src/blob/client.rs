@@ -798,7 +798,8 @@ impl BlobClient {
         match self.execute(call).await {
             Ok(resp) => Ok(write_result(resp.headers())),
             Err(e)
-                if !opts.conditions.is_empty() && matches!(e.status(), Some(412) | Some(409)) =>
+                if (!opts.conditions.is_empty() && matches!(e.status(), Some(412) | Some(409)))
+                    || e.is_code("InvalidBlockList") =>
             {
                 // Did an earlier attempt of ours win? Same ids in the same order.
                 let ids: Vec<&str> = blocks

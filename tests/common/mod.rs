@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod azurite;
+pub mod emu;
 
 use cpkfs::blob::*;
 use std::sync::Arc;
