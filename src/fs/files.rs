@@ -38,7 +38,7 @@ impl Fs {
             writable,
             etag: Mutex::new(etag),
             size: Mutex::new(size),
-            cpk,
+            cpk: Mutex::new(cpk),
             seq: Mutex::new((0, 0)),
             wrote: std::sync::atomic::AtomicBool::new(false),
         };
@@ -137,14 +137,24 @@ impl Fs {
 
     /// (etag, size, key) a read of this handle uses: its pinned version, or
     /// the version our own last commit produced.
-    fn read_version(&self, node: &Inode, h: &FileHandle) -> (Option<String>, u64) {
+    fn read_version(
+        &self,
+        node: &Inode,
+        h: &FileHandle,
+    ) -> (Option<String>, u64, Option<Arc<CustomerKey>>) {
         let s = node.snapshot();
         let mut etag = h.etag.lock().unwrap();
+        let mut cpk = h.cpk.lock().unwrap();
         if s.local_etag.is_some() && s.etag == s.local_etag && *etag != s.etag {
             *etag = s.etag.clone();
             *h.size.lock().unwrap() = s.attr.size;
+            // Our commits are written with the mount's key, whatever the
+            // pinned version had (none for a file created by this handle, or
+            // a plain blob written by another tool): follow it, or the read
+            // is refused (409 BlobUsesCustomerSpecifiedEncryption -> EACCES).
+            *cpk = self.key.clone();
         }
-        (etag.clone(), *h.size.lock().unwrap())
+        (etag.clone(), *h.size.lock().unwrap(), cpk.clone())
     }
 
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
@@ -190,11 +200,11 @@ impl Fs {
                 }
             }
         }
-        let (etag, fsize) = self.read_version(&node, &h);
+        let (etag, fsize, cpk) = self.read_version(&node, &h);
         let Some(etag) = etag else {
             return Ok(Bytes::new());
         };
-        self.read_blob(&h, &path, &etag, fsize, offset, size as u64)
+        self.read_blob(&h, cpk, &path, &etag, fsize, offset, size as u64)
             .await
     }
 
@@ -233,9 +243,11 @@ impl Fs {
         .boxed()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn read_blob(
         &self,
         h: &FileHandle,
+        cpk: Option<Arc<CustomerKey>>,
         path: &str,
         etag: &str,
         fsize: u64,
@@ -280,7 +292,7 @@ impl Fs {
                 .read_range(
                     path,
                     ByteRange::new(offset, end),
-                    h.cpk.as_deref(),
+                    cpk.as_deref(),
                     &Conditions::if_match(etag.to_string()),
                 )
                 .await
@@ -299,7 +311,7 @@ impl Fs {
             let key = self.block_key(path, etag, i);
             if !self.cache.contains(&key) {
                 let cache = self.cache.clone();
-                let fetch = self.fetch_block(path, etag, fsize, i, h.cpk.clone());
+                let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
                 tokio::spawn(async move {
                     let _ = cache.get_or_fetch(key, move || fetch).await;
                 });
@@ -308,7 +320,7 @@ impl Fs {
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for i in first..=last {
             let key = self.block_key(path, etag, i);
-            let fetch = self.fetch_block(path, etag, fsize, i, h.cpk.clone());
+            let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
             let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
             let bs = i * b;
             let s = offset.max(bs) - bs;

@@ -91,7 +91,8 @@ pub struct FileHandle {
     /// ETag pinned at open; reads send If-Match with it.
     etag: Mutex<Option<String>>,
     size: Mutex<u64>,
-    cpk: Option<Arc<CustomerKey>>,
+    /// Key of the pinned version (None: a plain blob, or nothing committed).
+    cpk: Mutex<Option<Arc<CustomerKey>>>,
     /// Sequential-read detector: next expected offset and read-ahead window.
     seq: Mutex<(u64, u64)>,
     wrote: std::sync::atomic::AtomicBool,
