@@ -330,8 +330,11 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
 
 /// Every check that needs no mount, in the order a user would fix them.
 fn preflight(p: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<(BlobClient, FsConfig)> {
-    let client = build_client(&p.s, env)?;
-    let cfg = fs_config(&p.s)?;
+    let mut ring = load_keyring(&p.s)?;
+    let current = (!ring.is_empty()).then(|| ring.remove(0));
+    let client = build_client_with(&p.s, env, current)?;
+    let mut cfg = fs_config(&p.s)?;
+    cfg.keyring = ring;
     check_mountpoint(&p.mountpoint, p.s.nonempty.unwrap_or(false))?;
     check_fuse()?;
     Ok((client, cfg))

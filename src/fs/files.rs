@@ -552,8 +552,48 @@ impl Fs {
     async fn persist_attrs(&self, node: &Inode, path: &str) -> FsResult<()> {
         let mut w = node.write.lock().await;
         if let Some(ws) = w.as_mut() {
-            // An open writer commits everything (metadata included) at close.
-            ws.mark_dirty();
+            match ws.base_etag() {
+                // Content already committed (e.g. rsync's utimens between
+                // close and release): change the metadata in place rather
+                // than re-committing — which would copy the whole blob.
+                Some(etag) if !ws.is_dirty() && ws.failed().is_none() => {
+                    let etag = etag.to_string();
+                    let s = node.snapshot();
+                    let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
+                    let mut md = s.attr.to_metadata();
+                    if s.local_etag.as_deref() != Some(etag.as_str()) {
+                        // Not committed by us: keep metadata set by other tools.
+                        let current = self
+                            .client
+                            .get_blob_properties(
+                                path,
+                                cpk.as_deref(),
+                                &Conditions::if_match(etag.clone()),
+                            )
+                            .await?;
+                        let mut merged = current.metadata;
+                        merged.extend(md);
+                        md = merged;
+                    }
+                    let r = self
+                        .client
+                        .set_blob_metadata(path, &md, cpk.as_deref(), &Conditions::if_match(etag))
+                        .await?;
+                    if cpk.is_some() {
+                        self.cpk_meta
+                            .lock()
+                            .unwrap()
+                            .put((path.to_string(), r.etag.clone()), md);
+                    }
+                    ws.set_base_etag(r.etag.clone());
+                    let mut st = node.state.lock().unwrap();
+                    st.etag = Some(r.etag.clone());
+                    st.local_etag = Some(r.etag);
+                    st.expires = self.expiry();
+                }
+                // Pending writes: the metadata goes with their commit.
+                _ => ws.mark_dirty(),
+            }
             return Ok(());
         }
         drop(w);

@@ -41,6 +41,9 @@ pub struct FsConfig {
     pub head_concurrency: usize,
     pub defaults: AttrDefaults,
     pub read_only: bool,
+    /// Older customer-provided keys, kept for reading blobs not yet rotated
+    /// (the current key is the client's).
+    pub keyring: Vec<Arc<CustomerKey>>,
 }
 
 impl Default for FsConfig {
@@ -54,6 +57,7 @@ impl Default for FsConfig {
             head_concurrency: 32,
             defaults: AttrDefaults::default(),
             read_only: false,
+            keyring: vec![],
         }
     }
 }
@@ -190,21 +194,31 @@ impl Fs {
     /// The key to send for a blob encrypted with `sha256`, or EACCES when the
     /// mount does not hold it.
     fn key_for(&self, path: &str, sha256: Option<&str>) -> FsResult<Option<Arc<CustomerKey>>> {
-        match sha256 {
-            None => Ok(None),
-            Some(h) => {
-                match &self.key {
-                    Some(k) if k.sha256() == h => Ok(Some(k.clone())),
-                    _ => {
-                        tracing::warn!(path, key_sha256 = h, "blob is encrypted with a customer-provided key this mount does not hold");
-                        Err(FsError::ForeignKey {
-                            path: path.into(),
-                            sha256: h.into(),
-                        })
-                    }
-                }
+        let Some(h) = sha256 else { return Ok(None) };
+        match self.ring_key(h) {
+            Some(k) => Ok(Some(k)),
+            None => {
+                tracing::warn!(
+                    path,
+                    key_sha256 = h,
+                    "blob is encrypted with a customer-provided key this mount does not hold"
+                );
+                Err(FsError::ForeignKey {
+                    path: path.into(),
+                    sha256: h.into(),
+                })
             }
         }
+    }
+
+    /// The key of the ring (current key first, then older keys kept for
+    /// reading) whose SHA-256 is `h`: chosen by hash, never by trial requests.
+    fn ring_key(&self, h: &str) -> Option<Arc<CustomerKey>> {
+        self.key
+            .iter()
+            .chain(self.cfg.keyring.iter())
+            .find(|k| k.sha256() == h)
+            .cloned()
     }
 
     fn state_from_props(
@@ -251,10 +265,9 @@ impl Fs {
             if !p.metadata_encrypted {
                 continue;
             }
-            let ours = matches!((&self.key, &p.cpk_sha256), (Some(k), Some(h)) if k.sha256() == h);
-            if !ours {
+            let Some(key) = p.cpk_sha256.as_deref().and_then(|h| self.ring_key(h)) else {
                 continue;
-            }
+            };
             if let Some(md) = self
                 .cpk_meta
                 .lock()
@@ -265,20 +278,18 @@ impl Fs {
                 p.metadata_encrypted = false;
                 continue;
             }
-            todo.push(i);
+            todo.push((i, key));
         }
         if todo.is_empty() {
             return;
         }
-        let key = self.key.clone();
         let results: Vec<(usize, Option<BlobProperties>)> = stream::iter(todo)
-            .map(|i| {
+            .map(|(i, key)| {
                 let name = items[i].name.clone();
-                let key = key.clone();
                 async move {
                     let r = self
                         .client
-                        .get_blob_properties(&name, key.as_deref(), &Conditions::default())
+                        .get_blob_properties(&name, Some(&key), &Conditions::default())
                         .await;
                     (i, r.ok())
                 }

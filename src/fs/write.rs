@@ -126,6 +126,12 @@ impl WriteSession {
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
     }
+    /// The blob's ETag changed without its content changing (Set Blob
+    /// Metadata): the committed block list, and so the layout, still holds.
+    pub fn set_base_etag(&mut self, etag: String) {
+        self.base_etag = Some(etag);
+    }
+
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
     }
