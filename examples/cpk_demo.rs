@@ -34,6 +34,46 @@ async fn main() -> anyhow::Result<()> {
         _ => {}
     }
 
+    // `--inspect`: look at blobs written through the mount, behind its back.
+    if std::env::args().any(|a| a == "--inspect") {
+        let page = c
+            .list_blobs(&ListOptions {
+                include_metadata: true,
+                ..Default::default()
+            })
+            .await?;
+        for b in &page.blobs {
+            if b.properties
+                .metadata
+                .get("hdi_isfolder")
+                .map(String::as_str)
+                == Some("true")
+            {
+                println!(
+                    "{:<24} directory marker (holds no data; written without the key)",
+                    b.name
+                );
+                continue;
+            }
+            let hash = b.properties.cpk_sha256.as_deref().unwrap_or("none");
+            let plain = match c
+                .read_range(&b.name, ByteRange::from(0), None, &Conditions::default())
+                .await
+            {
+                Ok(_) => "READABLE WITHOUT THE KEY".to_string(),
+                Err(e) => format!("without the key: {}", e.code().unwrap_or("error")),
+            };
+            println!(
+                "{:<24} {:>8} bytes  key SHA-256 {}  {}",
+                b.name, b.properties.content_length, hash, plain
+            );
+            if b.properties.content_length > 0 {
+                anyhow::ensure!(hash == key.sha256(), "{} is not under the demo key", b.name);
+            }
+        }
+        return Ok(());
+    }
+
     let text = b"Hello from cpkfs: this blob is encrypted with your key.\n";
     let w = c
         .put_blob(
