@@ -40,8 +40,10 @@ impl RetryPolicy {
             .min(self.max_delay);
         let jittered =
             Duration::from_micros(rand::thread_rng().gen_range(0..=exp.as_micros() as u64));
+        // Honour Retry-After, but never beyond max_delay: a filesystem call
+        // must not hang for as long as a server asks.
         match retry_after {
-            Some(ra) => jittered.max(ra.min(self.max_delay.max(ra))),
+            Some(ra) => jittered.max(ra.min(self.max_delay)),
             None => jittered,
         }
     }
@@ -94,6 +96,7 @@ mod tests {
             assert!(p.delay(r, None) <= Duration::from_secs(2));
         }
         assert!(p.delay(1, Some(Duration::from_secs(1))) >= Duration::from_secs(1));
+        assert!(p.delay(1, Some(Duration::from_secs(60))) <= Duration::from_secs(2));
         let mut h = http::HeaderMap::new();
         h.insert("retry-after", "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));

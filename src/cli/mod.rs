@@ -110,6 +110,15 @@ pub struct MountArgs {
     /// Umask (octal) for files and directories without mode metadata [default: 022].
     #[arg(long)]
     pub umask: Option<String>,
+    /// On a concurrent change: `error` (close fails, both versions kept) or `overwrite` (last writer wins) [default: error].
+    #[arg(long)]
+    pub conflict: Option<String>,
+    /// Attempts per request before an error is returned [default: 6].
+    #[arg(long)]
+    pub retry_attempts: Option<String>,
+    /// Longest wait between attempts, seconds; caps Retry-After [default: 10].
+    #[arg(long)]
+    pub retry_max_delay: Option<String>,
     #[arg(long, hide = true)]
     pub account_key: Option<String>,
     #[arg(long, hide = true)]
@@ -157,6 +166,15 @@ impl MountArgs {
         }
         if let Some(u) = &self.umask {
             s.set("umask", u)?;
+        }
+        if let Some(c) = &self.conflict {
+            s.set("conflict", c)?;
+        }
+        if let Some(c) = &self.retry_attempts {
+            s.set("retry_attempts", c)?;
+        }
+        if let Some(c) = &self.retry_max_delay {
+            s.set("retry_max_delay", c)?;
         }
         for (k, on) in [
             ("read_only", self.read_only),

@@ -159,6 +159,16 @@ pub fn build_client_with(
     };
     let mut cfg = ClientConfig::new(&endpoint, &account, &container, credential);
     cfg.cpk = cpk;
+    if let Some(n) = s.retry_attempts {
+        cfg.retry.max_attempts = n;
+    }
+    if let Some(d) = s.retry_max_delay {
+        if !(0.0..=600.0).contains(&d) {
+            bail!("retry_max_delay must be between 0 and 600 seconds");
+        }
+        cfg.retry.max_delay = Duration::from_secs_f64(d);
+        cfg.retry.base_delay = cfg.retry.base_delay.min(cfg.retry.max_delay);
+    }
     if let Some(ca) = &s.ca_file {
         cfg.ca_pem = Some(
             std::fs::read(ca)
@@ -312,6 +322,7 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
         c.attr_ttl = Duration::from_secs_f64(t);
     }
     c.read_only = s.read_only.unwrap_or(false);
+    c.overwrite_conflicts = s.conflict.as_deref() == Some("overwrite");
     let mut d = AttrDefaults::default();
     if let Some(u) = s.uid {
         d.uid = u;

@@ -63,6 +63,13 @@ pub struct Settings {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub umask: Option<String>,
+    /// `error` (default): a commit over a concurrent change fails close and
+    /// keeps both versions; `overwrite`: last writer wins.
+    pub conflict: Option<String>,
+    /// Attempts per request (transient failures are retried).
+    pub retry_attempts: Option<u32>,
+    /// Longest wait between two attempts, in seconds (caps Retry-After too).
+    pub retry_max_delay: Option<f64>,
 }
 
 /// Every setting name, for help texts and the env lookup.
@@ -89,6 +96,9 @@ pub const NAMES: &[&str] = &[
     "uid",
     "gid",
     "umask",
+    "conflict",
+    "retry_attempts",
+    "retry_max_delay",
 ];
 
 /// Options that would put a secret on the command line, and what to do instead.
@@ -203,6 +213,25 @@ impl Settings {
                     .map_err(|_| anyhow::anyhow!("umask={v}: expected octal"))?;
                 self.umask = Some(v)
             }
+            "retry_attempts" => {
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("retry_attempts={v}: expected a number"))?;
+                if n == 0 {
+                    bail!("retry_attempts must be at least 1");
+                }
+                self.retry_attempts = Some(n)
+            }
+            "retry_max_delay" => {
+                self.retry_max_delay = Some(
+                    v.parse()
+                        .map_err(|_| anyhow::anyhow!("retry_max_delay={v}: expected seconds"))?,
+                )
+            }
+            "conflict" => match v.as_str() {
+                "error" | "overwrite" => self.conflict = Some(v),
+                _ => bail!("conflict={v}: expected error or overwrite"),
+            },
             n if is_generic(n) => {}
             n => bail!("unknown option {n:?} (known: {})", NAMES.join(", ")),
         }
@@ -268,7 +297,10 @@ impl Settings {
             foreground,
             uid,
             gid,
-            umask
+            umask,
+            conflict,
+            retry_attempts,
+            retry_max_delay
         )
     }
 }

@@ -33,6 +33,11 @@ pub enum FsError {
     ReadOnly,
     #[error("file too large: {0}")]
     TooLarge(String),
+    #[error("{path}: another writer changed it since it was opened; {}", match saved_as { Some(s) => format!("this version was saved as {s}"), None => "this version could not be kept (blocks already staged under the name)".to_string() })]
+    Conflict {
+        path: String,
+        saved_as: Option<String>,
+    },
     #[error("an earlier upload of this file failed: {0}")]
     Failed(String),
     #[error("{0}")]
@@ -57,7 +62,7 @@ impl FsError {
             FsError::BadHandle => EBADF,
             FsError::ReadOnly => EROFS,
             FsError::TooLarge(_) => EFBIG,
-            FsError::Failed(_) => EIO,
+            FsError::Failed(_) | FsError::Conflict { .. } => EIO,
             FsError::Blob(e) => blob_errno(e),
         }
     }

@@ -44,6 +44,8 @@ pub struct FsConfig {
     /// Older customer-provided keys, kept for reading blobs not yet rotated
     /// (the current key is the client's).
     pub keyring: Vec<Arc<CustomerKey>>,
+    /// Last writer wins instead of failing close on a concurrent change.
+    pub overwrite_conflicts: bool,
 }
 
 impl Default for FsConfig {
@@ -58,6 +60,7 @@ impl Default for FsConfig {
             defaults: AttrDefaults::default(),
             read_only: false,
             keyring: vec![],
+            overwrite_conflicts: false,
         }
     }
 }
@@ -152,6 +155,7 @@ impl Fs {
             upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
             max_dirty: cfg.block_size * 8,
             key_sha256: key.as_ref().map(|k| k.sha256().to_string()),
+            overwrite_conflicts: cfg.overwrite_conflicts,
         };
         Arc::new(Fs {
             client,

@@ -64,6 +64,45 @@ pub struct WriteContext {
     pub max_dirty: u64,
     /// SHA-256 of the key commits are written with (None: no CPK).
     pub key_sha256: Option<String>,
+    /// Last writer wins: commits carry no If-Match / If-None-Match.
+    pub overwrite_conflicts: bool,
+}
+
+fn is_conflict(e: &BlobError) -> bool {
+    e.status() == Some(412) || e.is_code("BlobAlreadyExists")
+}
+
+/// Store `body` as `name.cpkfs-conflict-<unix time>[-n]`, never replacing
+/// anything. Returns the name used.
+async fn save_beside(
+    ctx: &WriteContext,
+    name: &str,
+    body: Bytes,
+    mut opts: CommitOptions,
+    key: Option<&Arc<CustomerKey>>,
+) -> FsResult<String> {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    opts.conditions = Conditions::create_only();
+    for n in 0..100 {
+        let alt = if n == 0 {
+            format!("{name}.cpkfs-conflict-{t}")
+        } else {
+            format!("{name}.cpkfs-conflict-{t}-{n}")
+        };
+        match ctx
+            .client
+            .put_blob(&alt, body.clone(), &opts, key.map(|k| &**k))
+            .await
+        {
+            Ok(_) => return Ok(alt),
+            Err(e) if e.is_code("BlobAlreadyExists") => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(FsError::Failed(format!("{name}: no free conflict name")))
 }
 
 pub struct WriteSession {
@@ -126,6 +165,19 @@ impl WriteSession {
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
     }
+    /// A commit replaces the version this session started from, or creates
+    /// the blob if it started from nothing — unless the mount was configured
+    /// for last-writer-wins.
+    fn commit_conditions(&self, ctx: &WriteContext) -> Conditions {
+        if ctx.overwrite_conflicts {
+            return Conditions::default();
+        }
+        match &self.base_etag {
+            Some(e) => Conditions::if_match(e.clone()),
+            None => Conditions::create_only(),
+        }
+    }
+
     /// The blob's ETag changed without its content changing (Set Blob
     /// Metadata): the committed block list, and so the layout, still holds.
     pub fn set_base_etag(&mut self, etag: String) {
@@ -585,11 +637,24 @@ impl WriteSession {
                     _ => body.resize(body.len() + e.len as usize, 0),
                 }
             }
-            opts.conditions = Conditions::default();
-            let r = ctx
+            opts.conditions = self.commit_conditions(ctx);
+            let body = body.freeze();
+            let r = match ctx
                 .client
-                .put_blob(name, body.freeze(), &opts, key.map(|k| &**k))
-                .await?;
+                .put_blob(name, body.clone(), &opts, key.map(|k| &**k))
+                .await
+            {
+                Err(e) if is_conflict(&e) => {
+                    // Another writer got there first: keep both versions —
+                    // theirs under the name, ours beside it — and fail close.
+                    let saved = save_beside(ctx, name, body, opts, key).await?;
+                    return Err(FsError::Conflict {
+                        path: name.to_string(),
+                        saved_as: Some(saved),
+                    });
+                }
+                other => other?,
+            };
             // The blob has no committed block list: later edits copy it.
             self.extents = vec![];
             self.layout_known = self.size == 0;
@@ -702,14 +767,23 @@ impl WriteSession {
                 _ => unreachable!("everything is staged by now"),
             });
         }
-        opts.conditions = match &self.base_etag {
-            Some(e) => Conditions::if_match(e.clone()),
-            None => Conditions::default(),
-        };
+        opts.conditions = self.commit_conditions(ctx);
         let r = ctx
             .client
             .put_block_list(name, &refs, &opts, keyref)
-            .await?;
+            .await
+            .map_err(|e| {
+                if is_conflict(&e) {
+                    // The staged blocks belong to this blob name and cannot be
+                    // committed under another one: the version is not kept.
+                    FsError::Conflict {
+                        path: name.to_string(),
+                        saved_as: None,
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
         // The new blob's committed list is exactly `refs`.
         for (e, r) in self.extents.iter_mut().zip(refs) {
             let (BlockRef::Committed(id) | BlockRef::Uncommitted(id) | BlockRef::Latest(id)) = r;

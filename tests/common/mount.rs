@@ -36,6 +36,8 @@ pub struct MountOptions {
     pub block_size: String,
     pub cache_size: String,
     pub attr_ttl: String,
+    /// More `cpkfs mount` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Default for MountOptions {
@@ -45,6 +47,7 @@ impl Default for MountOptions {
             block_size: "1M".into(),
             cache_size: "256M".into(),
             attr_ttl: "3".into(),
+            extra: vec![],
         }
     }
 }
@@ -174,6 +177,7 @@ impl Mount {
             std::fs::write(&f, pem).unwrap();
             cmd.arg("--ca-file").arg(&f);
         }
+        cmd.args(&opts.extra);
         cmd.arg(&mnt);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
