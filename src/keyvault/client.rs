@@ -421,6 +421,32 @@ impl VaultClient {
         Ok(v["id"].as_str().unwrap_or("").to_string())
     }
 
+    /// The ids (with versions) of every version of a secret.
+    pub async fn secret_versions(&self, url: &str) -> Result<Vec<String>, VaultError> {
+        let mut o = ObjectUrl::parse(url, Kind::Secrets)?;
+        o.version = None;
+        let what = format!("secret {o}");
+        let u = format!("{}/versions", o.url());
+        let v = self
+            .call(
+                reqwest::Method::GET,
+                &o.vault,
+                &u,
+                None,
+                "secrets/list",
+                &what,
+            )
+            .await?;
+        Ok(v["value"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// The key bundle (public part) of a key version (latest if none).
     pub async fn get_key(&self, url: &str) -> Result<Value, VaultError> {
         let o = ObjectUrl::parse(url, Kind::Keys)?;
