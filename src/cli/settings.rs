@@ -63,6 +63,10 @@ pub struct Settings {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub umask: Option<String>,
+    // Key Vault (src/cli/vault.rs)
+    pub account_key_secret: Option<String>,
+    pub vault_ca_file: Option<PathBuf>,
+    pub vault_disable_challenge_verification: Option<bool>,
 }
 
 /// Every setting name, for help texts and the env lookup.
@@ -89,6 +93,9 @@ pub const NAMES: &[&str] = &[
     "uid",
     "gid",
     "umask",
+    "account_key_secret",
+    "vault_ca_file",
+    "vault_disable_challenge_verification",
 ];
 
 /// Options that would put a secret on the command line, and what to do instead.
@@ -203,6 +210,11 @@ impl Settings {
                     .map_err(|_| anyhow::anyhow!("umask={v}: expected octal"))?;
                 self.umask = Some(v)
             }
+            "account_key_secret" => self.account_key_secret = Some(v),
+            "vault_ca_file" => self.vault_ca_file = Some(v.into()),
+            "vault_disable_challenge_verification" => {
+                self.vault_disable_challenge_verification = Some(parse_bool(&name, &v)?)
+            }
             n if is_generic(n) => {}
             n => bail!("unknown option {n:?} (known: {})", NAMES.join(", ")),
         }
@@ -268,7 +280,10 @@ impl Settings {
             foreground,
             uid,
             gid,
-            umask
+            umask,
+            account_key_secret,
+            vault_ca_file,
+            vault_disable_challenge_verification
         )
     }
 }
