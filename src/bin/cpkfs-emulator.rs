@@ -15,6 +15,10 @@ use cpkfs::emulator::{self, EmulatorConfig, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2};
 /// `listening on URL` on stdout when ready. Admin endpoints (no auth):
 /// `GET|DELETE /__admin/stats`, `POST|DELETE /__admin/faults`,
 /// `POST /__admin/accounts/{name}/regenerate-key?key=1|2`.
+/// A Key Vault subset is served under `/__vault/{vault}` with Entra ID token
+/// endpoints (`/__entra/{tenant}/oauth2/v2.0/token`, IMDS
+/// `/metadata/identity/oauth2/token`, App Service `/__msi/token`); see
+/// `GET /__admin/vault` and docs/CONFIGURATION.md.
 #[derive(Parser, Debug)]
 #[command(name = "cpkfs-emulator", version)]
 struct Args {
@@ -42,6 +46,17 @@ struct Args {
     /// Accept CPK headers over plain HTTP (test flag; Azure answers 400 AccountRequiresHttps).
     #[arg(long)]
     allow_cpk_over_http: bool,
+
+    /// Key Vault identity CLIENT_ID:SECRET:PERM[,PERM…] (e.g.
+    /// `app1:pw:secrets/get,keys/unwrapKey`; empty SECRET = managed identity for
+    /// IMDS / App Service; `+managed` in the list also serves a service principal
+    /// there; `*` = every permission); repeatable. Vaults: `/__vault/NAME`.
+    #[arg(long = "vault-identity", value_name = "ID:SECRET:PERMS")]
+    vault_identities: Vec<String>,
+
+    /// Lifetime of issued Key Vault tokens in seconds [default: 3600].
+    #[arg(long)]
+    vault_token_lifetime: Option<u64>,
 
     /// Log level / tracing filter (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
@@ -95,6 +110,12 @@ async fn main() -> anyhow::Result<()> {
         accounts,
         data_dir: args.data_dir,
         allow_cpk_over_http: args.allow_cpk_over_http,
+        vault_identities: args
+            .vault_identities
+            .iter()
+            .map(|s| emulator::token::parse_identity_flag(s).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        vault_token_lifetime: args.vault_token_lifetime,
     };
     let handle = emulator::start(config).await?;
     if let (Some(path), Some(pem)) = (&args.ca_out, &handle.ca_pem) {

@@ -5,6 +5,7 @@ pub mod logging;
 pub mod mount;
 pub mod rotate;
 pub mod settings;
+pub mod vault;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,8 @@ pub enum Cmd {
     Mount(MountArgs),
     /// Re-encrypt blobs from the older keys of the ring (cpk_file lines 2…) to the current key (line 1).
     RotateCpk(rotate::RotateArgs),
+    /// Generate a random 256-bit customer-provided key into a 0600 file, optionally wrapped by a Key Vault key (--wrap-with); prints its SHA-256.
+    Keygen(vault::KeygenArgs),
     /// Unmount a cpkfs mount point (same as `umount` / `fusermount3 -u`).
     Unmount {
         /// The mount point.
@@ -119,6 +122,15 @@ pub struct MountArgs {
     /// Longest wait between attempts, seconds; caps Retry-After [default: 10].
     #[arg(long)]
     pub retry_max_delay: Option<String>,
+    /// Key Vault secret holding the account key (or both keys, one per line): https://VAULT/secrets/NAME[/VERSION].
+    #[arg(long, value_name = "URL")]
+    pub account_key_secret: Option<String>,
+    /// Extra CA certificates (PEM) to trust for Key Vault and Entra ID [default: ca_file].
+    #[arg(long, value_name = "FILE")]
+    pub vault_ca_file: Option<String>,
+    /// Accept a Key Vault challenge from a host outside the resource's domain (emulators only).
+    #[arg(long)]
+    pub vault_disable_challenge_verification: bool,
     #[arg(long, hide = true)]
     pub account_key: Option<String>,
     #[arg(long, hide = true)]
@@ -142,7 +154,7 @@ impl MountArgs {
         if self.sas_token.is_some() {
             s.set("sas_token", "")?;
         }
-        let pairs: [(&str, &Option<String>); 15] = [
+        let pairs: [(&str, &Option<String>); 17] = [
             ("endpoint", &self.endpoint),
             ("account", &self.account),
             ("container", &self.container),
@@ -158,6 +170,8 @@ impl MountArgs {
             ("log_file", &self.log_file),
             ("uid", &self.uid),
             ("gid", &self.gid),
+            ("account_key_secret", &self.account_key_secret),
+            ("vault_ca_file", &self.vault_ca_file),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
@@ -183,6 +197,10 @@ impl MountArgs {
             ("create_container", self.create_container),
             ("nonempty", self.nonempty),
             ("foreground", self.foreground),
+            (
+                "vault_disable_challenge_verification",
+                self.vault_disable_challenge_verification,
+            ),
         ] {
             if on {
                 s.set(k, "true")?;
@@ -201,6 +219,7 @@ fn rewrite_helper_form(args: Vec<String>) -> Vec<String> {
     let known = [
         "mount",
         "rotate-cpk",
+        "keygen",
         "unmount",
         "help",
         "-h",
@@ -228,6 +247,7 @@ pub fn main() {
     let res = match cli.cmd {
         Cmd::Mount(a) => mount::run(a),
         Cmd::RotateCpk(a) => rotate::run(a),
+        Cmd::Keygen(a) => vault::keygen(a),
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
     };
     if let Err(e) = res {

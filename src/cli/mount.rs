@@ -77,6 +77,10 @@ pub fn load_keyring(s: &Settings) -> Result<Vec<Arc<CustomerKey>>> {
         "customer-provided key",
         s.allow_open_key_files.unwrap_or(false),
     )?;
+    // A JSON cpk_file holds keys wrapped by Key Vault (src/cli/vault.rs).
+    if crate::keyvault::wrapped::looks_wrapped(&text) {
+        return super::vault::unwrap_keyring(s, f, &text);
+    }
     let mut ring = vec![];
     for (i, line) in text
         .lines()
@@ -130,7 +134,9 @@ pub fn build_client_with(
         .clone()
         .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
     let allow_open = s.allow_open_key_files.unwrap_or(false);
-    let credential = if let Some(f) = &s.account_key_file {
+    let credential = if let Some(url) = &s.account_key_secret {
+        super::vault::account_key_credential(s, env, &account, url)?
+    } else if let Some(f) = &s.account_key_file {
         let f2 = f.clone();
         let text = read_secret_file(f, "account key", allow_open)?;
         let keys =

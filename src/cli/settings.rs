@@ -70,6 +70,10 @@ pub struct Settings {
     pub retry_attempts: Option<u32>,
     /// Longest wait between two attempts, in seconds (caps Retry-After too).
     pub retry_max_delay: Option<f64>,
+    // Key Vault (src/cli/vault.rs)
+    pub account_key_secret: Option<String>,
+    pub vault_ca_file: Option<PathBuf>,
+    pub vault_disable_challenge_verification: Option<bool>,
 }
 
 /// Every setting name, for help texts and the env lookup.
@@ -99,6 +103,9 @@ pub const NAMES: &[&str] = &[
     "conflict",
     "retry_attempts",
     "retry_max_delay",
+    "account_key_secret",
+    "vault_ca_file",
+    "vault_disable_challenge_verification",
 ];
 
 /// Options that would put a secret on the command line, and what to do instead.
@@ -232,6 +239,11 @@ impl Settings {
                 "error" | "overwrite" => self.conflict = Some(v),
                 _ => bail!("conflict={v}: expected error or overwrite"),
             },
+            "account_key_secret" => self.account_key_secret = Some(v),
+            "vault_ca_file" => self.vault_ca_file = Some(v.into()),
+            "vault_disable_challenge_verification" => {
+                self.vault_disable_challenge_verification = Some(parse_bool(&name, &v)?)
+            }
             n if is_generic(n) => {}
             n => bail!("unknown option {n:?} (known: {})", NAMES.join(", ")),
         }
@@ -300,7 +312,10 @@ impl Settings {
             umask,
             conflict,
             retry_attempts,
-            retry_max_delay
+            retry_max_delay,
+            account_key_secret,
+            vault_ca_file,
+            vault_disable_challenge_verification
         )
     }
 }

@@ -6,9 +6,11 @@
 pub mod auth;
 pub mod cpk;
 pub mod error;
+pub mod keyvault;
 pub mod ops;
 pub mod server;
 pub mod store;
+pub mod token;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -46,6 +48,10 @@ pub struct EmulatorConfig {
     pub data_dir: Option<PathBuf>,
     /// Accept CPK headers on the plain-http listener (tests only).
     pub allow_cpk_over_http: bool,
+    /// Key Vault identities (`keyvault.rs`, `token.rs`).
+    pub vault_identities: Vec<token::Identity>,
+    /// Lifetime of issued tokens in seconds [default: 3600].
+    pub vault_token_lifetime: Option<u64>,
 }
 
 impl Default for EmulatorConfig {
@@ -59,6 +65,8 @@ impl Default for EmulatorConfig {
             )],
             data_dir: None,
             allow_cpk_over_http: false,
+            vault_identities: Vec::new(),
+            vault_token_lifetime: None,
         }
     }
 }
@@ -176,6 +184,7 @@ pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
         stats: Stats::default(),
         faults: Mutex::new(None),
         base_url: Mutex::new(url.clone()),
+        kv: keyvault::KvState::new(config.vault_identities.clone(), config.vault_token_lifetime),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tls

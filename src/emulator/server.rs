@@ -72,6 +72,8 @@ pub struct Shared {
     pub stats: Stats,
     pub faults: Mutex<Option<Faults>>,
     pub base_url: Mutex<String>,
+    /// Key Vault and Entra ID endpoints (`keyvault.rs`).
+    pub kv: super::keyvault::KvState,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -266,6 +268,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, io::Error> {
     let raw_path = req.uri().path().to_string();
+    if super::keyvault::owns(&raw_path) {
+        let base = shared.base_url.lock().unwrap().clone();
+        return Ok(super::keyvault::handle(&shared.kv, &base, req).await);
+    }
     if raw_path.starts_with("/__admin/") {
         return Ok(admin(shared, req).await);
     }
