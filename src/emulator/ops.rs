@@ -22,7 +22,10 @@ use super::store::{new_etag, next_seq, BlobEntry, Block, Committed, Container, C
 
 type R = Result<Response<RespBody>, ApiError>;
 
-const CHUNK: u64 = 1 << 20;
+/// Response bodies are sent (and decrypted) in frames of at most this many bytes, so
+/// a frame is still in cache when TLS encrypts it, and a truncated response can cut
+/// anywhere.
+const CHUNK: u64 = 256 * 1024;
 const MAX_META: usize = 8 * 1024;
 
 pub fn rfc1123(t: &DateTime<Utc>) -> String {
