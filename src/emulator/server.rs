@@ -530,7 +530,9 @@ async fn process(
 fn alloc_body(len: usize) -> Vec<u8> {
     let v = vec![0u8; len];
     const PAGE: usize = 4096;
-    if len >= 1 << 20 {
+    // Not for huge declared lengths: the memory would be committed before any of the
+    // body arrived.
+    if (1 << 20..=64 << 20).contains(&len) {
         let addr = v.as_ptr() as usize;
         let start = addr.next_multiple_of(PAGE);
         let end = (addr + len) / PAGE * PAGE;
