@@ -120,6 +120,29 @@ impl Client {
         body: Vec<u8>,
         auth: bool,
     ) -> Result<Resp, reqwest::Error> {
+        let r = self
+            .request(method, path_query, headers, body, auth)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.bytes().await?.to_vec();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A signed request, ready to send (for reading the response as a stream).
+    fn request(
+        &self,
+        method: &str,
+        path_query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        auth: bool,
+    ) -> reqwest::RequestBuilder {
         let path_query = format!("/{}{}", self.account, path_query);
         let (path, query) = path_query.split_once('?').unwrap_or((&path_query, ""));
         let mut hs: Vec<(String, String)> = headers
@@ -148,15 +171,7 @@ impl Client {
         if method == "PUT" || method == "POST" {
             rb = rb.body(body);
         }
-        let r = rb.send().await?;
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let body = r.bytes().await?.to_vec();
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        rb
     }
 
     async fn send(&self, method: &str, pq: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
@@ -660,6 +675,124 @@ async fn admin_stats_faults_and_key_regeneration() {
             .status,
         200
     );
+    h.shutdown().await;
+}
+
+/// Send `pq` and read the body chunk by chunk until it ends or fails.
+/// Returns (status, Content-Length header, body bytes received, body ended cleanly).
+async fn get_until_error(
+    c: &Client,
+    pq: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<u64>, Vec<u8>, bool) {
+    let mut r = c
+        .request("GET", pq, headers, vec![], true)
+        .send()
+        .await
+        .expect("status line and headers must arrive");
+    let status = r.status().as_u16();
+    let len = r
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut got = Vec::new();
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) => got.extend_from_slice(&c),
+            Ok(None) => return (status, len, got, true),
+            Err(_) => return (status, len, got, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn truncate_fault_delivers_headers_and_a_partial_body() {
+    let (h, c) = start_default().await;
+    let k = cpk(&[9u8; 32]);
+    let kh = cpk_headers(&k);
+    const N: usize = 8 << 20;
+    let data: Vec<u8> = (0..N).map(|i| (i * 7 % 253) as u8).collect();
+    for (blob, bs) in [("one", N), ("blocks", 3 << 20)] {
+        // "one": a single 8 MiB block (Put Blob); "blocks": Put Block of 3+3+2 MiB.
+        if bs == N {
+            let mut hs = kh.clone();
+            hs.push(("x-ms-blob-type", "BlockBlob"));
+            let r = c
+                .send("PUT", &format!("/ct1/{blob}"), &hs, data.clone())
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text());
+        } else {
+            let mut list = String::from("<BlockList>");
+            for (i, part) in data.chunks(bs).enumerate() {
+                let id = B64.encode(format!("{i:04}"));
+                let r = c
+                    .send(
+                        "PUT",
+                        &format!("/ct1/{blob}?comp=block&blockid={}", urlenc(&id)),
+                        &kh,
+                        part.to_vec(),
+                    )
+                    .await;
+                assert_eq!(r.status, 201, "{}", r.text());
+                list.push_str(&format!("<Latest>{id}</Latest>"));
+            }
+            list.push_str("</BlockList>");
+            let r = c
+                .send(
+                    "PUT",
+                    &format!("/ct1/{blob}?comp=blocklist"),
+                    &kh,
+                    list.into_bytes(),
+                )
+                .await;
+            assert_eq!(r.status, 201, "{}", r.text());
+        }
+    }
+    let (s, body) = admin(
+        &h,
+        &c,
+        "POST",
+        "/__admin/faults",
+        r#"{"rate":1.0,"kinds":["truncate"],"seed":1,"operations":["GetBlob"]}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    for blob in ["one", "blocks"] {
+        let pq = format!("/ct1/{blob}");
+        // whole blob: 200 with the full Content-Length, then a real partial body
+        let (status, len, got, clean) = get_until_error(&c, &pq, &kh).await;
+        assert_eq!(status, 200, "{blob}");
+        assert_eq!(len, Some(N as u64), "{blob}");
+        assert!(!clean, "{blob}: body must end with an error");
+        assert!(
+            !got.is_empty() && got.len() < N,
+            "{blob}: {} body bytes",
+            got.len()
+        );
+        assert!(
+            got[..] == data[..got.len()],
+            "{blob}: partial body is a prefix"
+        );
+        // a range: 206
+        let mut hs = kh.clone();
+        hs.push(("x-ms-range", "bytes=1048576-7340031"));
+        let (status, len, got, clean) = get_until_error(&c, &pq, &hs).await;
+        assert_eq!(status, 206, "{blob}");
+        assert_eq!(len, Some(6 << 20), "{blob}");
+        assert!(!clean);
+        assert!(
+            !got.is_empty() && got.len() < 6 << 20,
+            "{blob}: {}",
+            got.len()
+        );
+        assert!(got[..] == data[1 << 20..(1 << 20) + got.len()]);
+    }
+    // HEAD and other operations are not affected; without the fault the body is whole
+    admin(&h, &c, "DELETE", "/__admin/faults", "").await;
+    let (status, _, got, clean) = get_until_error(&c, "/ct1/one", &kh).await;
+    assert_eq!((status, clean, got.len()), (200, true, N));
+    assert!(got == data);
     h.shutdown().await;
 }
 

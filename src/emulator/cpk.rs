@@ -33,9 +33,39 @@ impl CpkKey {
     /// XOR `data` (located at byte `offset` of a stored block) with the AES-256-CTR
     /// keystream for `nonce`. Encryption and decryption are the same operation.
     pub fn apply(&self, nonce: &[u8; 16], offset: u64, data: &mut [u8]) {
+        self.keystream(nonce, offset).apply(data);
+    }
+
+    /// Like [`CpkKey::apply`], but reads `src` and writes the result to `dst` (same
+    /// length) in one pass.
+    pub fn apply_to(&self, nonce: &[u8; 16], offset: u64, src: &[u8], dst: &mut [u8]) {
+        self.keystream(nonce, offset).apply_to(src, dst);
+    }
+
+    /// A running AES-256-CTR keystream starting at byte `offset` of a block with `nonce`,
+    /// for data that arrives in pieces.
+    pub fn keystream(&self, nonce: &[u8; 16], offset: u64) -> KeyStream {
         let mut c = Aes256Ctr::new((&*self.key).into(), nonce.into());
         c.seek(offset);
-        c.apply_keystream(data);
+        KeyStream(c)
+    }
+}
+
+/// AES-256-CTR state that advances with every byte it is applied to (AES-NI when the
+/// CPU has it: the `aes` crate detects it at run time).
+pub struct KeyStream(Aes256Ctr);
+
+impl KeyStream {
+    /// XOR `data` in place with the next `data.len()` keystream bytes.
+    pub fn apply(&mut self, data: &mut [u8]) {
+        self.0.apply_keystream(data);
+    }
+
+    /// `dst = src XOR` the next `src.len()` keystream bytes.
+    pub fn apply_to(&mut self, src: &[u8], dst: &mut [u8]) {
+        self.0
+            .apply_keystream_b2b(src, dst)
+            .expect("keystream buffers of equal length");
     }
 }
 
@@ -172,5 +202,15 @@ mod tests {
         let mut part = enc[1234..5678].to_vec();
         k.apply(&nonce, 1234, &mut part);
         assert_eq!(part, &plain[1234..5678]);
+        // piecewise (odd sizes) == whole
+        let mut ks = k.keystream(&nonce, 0);
+        let mut pieces = plain.clone();
+        for c in pieces.chunks_mut(77) {
+            ks.apply(c);
+        }
+        assert_eq!(pieces, enc);
+        let mut out = vec![0u8; 4444];
+        k.apply_to(&nonce, 1234, &enc[1234..5678], &mut out);
+        assert_eq!(out, &plain[1234..5678]);
     }
 }

@@ -200,6 +200,9 @@ pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
     })
 }
 
+/// Read buffer between the socket and rustls (HTTPS only).
+const TLS_READ_BUF: usize = 256 * 1024;
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -219,6 +222,9 @@ async fn accept_loop(
                 conns.spawn(async move {
                     match acceptor {
                         Some(acc) => {
+                            // rustls reads the socket 4 KiB at a time; a buffer below it
+                            // turns that into few large reads (fewer syscalls and ACKs).
+                            let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUF, tcp);
                             if let Ok(tls) = acc.accept(tcp).await {
                                 serve(TokioIo::new(tls), shared, stop).await;
                             }
@@ -246,7 +252,7 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .max_buf_size(4 << 20)
+        .max_buf_size(512 << 10)
         .writev(true)
         .keep_alive(true);
     let conn = builder.serve_connection(io, svc);

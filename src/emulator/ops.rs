@@ -22,7 +22,10 @@ use super::store::{new_etag, next_seq, BlobEntry, Block, Committed, Container, C
 
 type R = Result<Response<RespBody>, ApiError>;
 
-const CHUNK: u64 = 1 << 20;
+/// Response bodies are sent (and decrypted) in frames of at most this many bytes, so
+/// a frame is still in cache when TLS encrypts it, and a truncated response can cut
+/// anywhere.
+const CHUNK: u64 = 256 * 1024;
 const MAX_META: usize = 8 * 1024;
 
 pub fn rfc1123(t: &DateTime<Utc>) -> String {
@@ -142,9 +145,9 @@ fn blob_props(req: &Req) -> Props {
     }
 }
 
-/// Verify an optional transactional Content-MD5 / x-ms-content-crc64 of `body`.
-/// Returns (md5 if given, crc64 base64).
-fn check_transactional(req: &Req, body: &[u8]) -> Result<(Option<String>, String), ApiError> {
+/// Verify an optional transactional Content-MD5 / x-ms-content-crc64 of the request
+/// body (digests computed while it was received). Returns (md5 if given, crc64 base64).
+fn check_transactional(req: &Req) -> Result<(Option<String>, String), ApiError> {
     let md5_hdr = req.h("content-md5");
     let crc_hdr = req.h("x-ms-content-crc64");
     if md5_hdr.is_some() && crc_hdr.is_some() {
@@ -155,7 +158,7 @@ fn check_transactional(req: &Req, body: &[u8]) -> Result<(Option<String>, String
         )
         .with("HeaderName", "x-ms-content-crc64"));
     }
-    let crc = crc64_b64(body);
+    let crc = B64.encode(req.body_crc64.to_le_bytes());
     if let Some(m) = md5_hdr {
         if B64.decode(m).map(|v| v.len() != 16).unwrap_or(true) {
             return Err(ApiError::new(
@@ -164,7 +167,11 @@ fn check_transactional(req: &Req, body: &[u8]) -> Result<(Option<String>, String
                 "The MD5 value specified in the request is invalid. The MD5 value must be 128 bits and Base64-encoded.",
             ));
         }
-        let calc = md5_b64(body);
+        let Some(digest) = req.body_md5 else {
+            tracing::error!("body MD5 not computed");
+            return Err(ApiError::internal());
+        };
+        let calc = B64.encode(digest);
         if calc != m {
             return Err(ApiError::new(
                 400,
@@ -341,24 +348,34 @@ fn blob_headers(mut b: Builder, c: &Committed) -> Builder {
     b
 }
 
-fn new_nonce() -> [u8; 16] {
+pub fn new_nonce() -> [u8; 16] {
     let mut n = [0u8; 16];
     rand::Rng::fill(&mut rand::thread_rng(), &mut n[..]);
     n
 }
 
-/// Encrypt (if keyed) and store a received buffer as a block.
+/// Encrypt (if keyed and not already encrypted on receipt, see `Req::body_encrypted`)
+/// and store a received body as a block.
 fn make_block(
     shared: &Shared,
     mut data: bytes::BytesMut,
+    encrypted: Option<([u8; 16], String)>,
     key: Option<&CpkKey>,
 ) -> Result<Arc<Block>, ApiError> {
     let len = data.len() as u64;
-    let nonce = key.map(|k| {
-        let n = new_nonce();
-        k.apply(&n, 0, &mut data);
-        n
-    });
+    let nonce = match (key, encrypted) {
+        (Some(k), Some((n, sha))) if sha == k.sha => Some(n),
+        (Some(k), None) => {
+            let n = new_nonce();
+            k.apply(&n, 0, &mut data);
+            Some(n)
+        }
+        (None, None) => None,
+        _ => {
+            tracing::error!("body encrypted on receipt with a key other than the request's");
+            return Err(ApiError::internal());
+        }
+    };
     let stored = shared.disk.store_block(data.freeze()).map_err(|e| {
         tracing::error!("store block: {e}");
         ApiError::internal()
@@ -1033,8 +1050,11 @@ fn put_blob(shared: &Shared, mut req: Req) -> R {
         container_mut(&mut st, &req)?;
     }
     let body = std::mem::take(&mut req.body);
-    let (_, crc) = check_transactional(&req, &body)?;
-    let md5 = md5_b64(&body);
+    let (_, crc) = check_transactional(&req)?;
+    let Some(md5) = req.body_md5.map(|d| B64.encode(d)) else {
+        tracing::error!("body MD5 not computed");
+        return Err(ApiError::internal());
+    };
     if props.content_md5.is_none() {
         props.content_md5 = Some(md5.clone());
     }
@@ -1042,7 +1062,8 @@ fn put_blob(shared: &Shared, mut req: Req) -> R {
     let blocks = if body.is_empty() {
         vec![]
     } else {
-        vec![(String::new(), make_block(shared, body, key.as_ref())?)]
+        let enc = req.body_encrypted.take();
+        vec![(String::new(), make_block(shared, body, enc, key.as_ref())?)]
     };
     let mut st = shared.state.lock().unwrap();
     let cont = container_mut(&mut st, &req)?;
@@ -1088,8 +1109,9 @@ fn put_block(shared: &Shared, mut req: Req) -> R {
         container_mut(&mut st, &req)?;
     }
     let body = std::mem::take(&mut req.body);
-    let (md5, crc) = check_transactional(&req, &body)?;
-    let block = make_block(shared, body, key.as_ref())?;
+    let (md5, crc) = check_transactional(&req)?;
+    let enc = req.body_encrypted.take();
+    let block = make_block(shared, body, enc, key.as_ref())?;
     let mut st = shared.state.lock().unwrap();
     let cont = container_mut(&mut st, &req)?;
     let entry = cont.blobs.entry(req.blob.clone()).or_default();
@@ -1248,7 +1270,7 @@ pub fn resolve_block_list(
 
 fn put_block_list(shared: &Shared, req: Req) -> R {
     let key = request_cpk(shared, &req, true)?;
-    let (md5, crc) = check_transactional(&req, &req.body)?;
+    let (md5, crc) = check_transactional(&req)?;
     let list = parse_block_list(&req.body)?;
     if list.len() > 50_000 {
         return Err(ApiError::new(

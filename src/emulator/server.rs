@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,9 @@ use super::ops;
 use super::store::{Disk, State};
 
 pub type RespBody = BoxBody<Bytes, io::Error>;
+
+/// Received request bodies are digested, copied and encrypted in pieces of this size.
+const BODY_PIECE: usize = 64 * 1024;
 
 pub fn full(b: impl Into<Bytes>) -> RespBody {
     Full::new(b.into())
@@ -132,7 +136,16 @@ pub struct Req {
     pub account: String,
     pub container: String,
     pub blob: String,
+    /// The request body: plaintext, unless `body_encrypted` is set.
     pub body: BytesMut,
+    /// CRC-64 (NVMe) of the plaintext body, computed while it was received.
+    pub body_crc64: u64,
+    /// MD5 of the plaintext body (computed for Put Blob and when Content-MD5 is sent).
+    pub body_md5: Option<[u8; 16]>,
+    /// Put Block / Put Blob with a valid customer-provided key: the body was
+    /// AES-256-CTR-encrypted as it arrived, with this nonce under the key whose
+    /// SHA-256 (base64) is given.
+    pub body_encrypted: Option<([u8; 16], String)>,
     pub tls: bool,
     pub version: String,
 }
@@ -389,15 +402,7 @@ pub async fn handle(
         match len {
             Some(n) if n > 0 => {
                 let (p, b) = resp.into_parts();
-                resp = Response::from_parts(
-                    p,
-                    Truncate {
-                        inner: b,
-                        remaining: n / 2,
-                        total: n,
-                    }
-                    .boxed(),
-                );
+                resp = Response::from_parts(p, Truncate::new(b, n / 2, n).boxed());
             }
             _ => return Err(io::Error::other("injected reset (truncate without body)")),
         }
@@ -437,6 +442,9 @@ async fn process(
 
     // --- body ---
     let mut buf = BytesMut::new();
+    let mut crc = crc64fast_nvme::Digest::new();
+    let mut md5: Option<md5::Md5> = None;
+    let mut enc: Option<(super::cpk::KeyStream, [u8; 16], String)> = None;
     if method == Method::PUT || method == Method::POST {
         let len = headers
             .get("content-length")
@@ -449,7 +457,22 @@ async fn process(
                 "Content-Length HTTP header is missing.",
             ));
         };
-        buf.reserve(len);
+        if op == "PutBlob" || headers.contains_key("content-md5") {
+            md5 = Some(<md5::Md5 as md5::Digest>::new());
+        }
+        // Blocks are stored encrypted: encrypt while the data is still in cache
+        // instead of in a second pass over the whole block. Only when the request
+        // will pass the CPK checks; the operation re-validates the headers anyway.
+        if (op == "PutBlock" || op == "PutBlob") && (shared.tls || shared.allow_cpk_over_http) {
+            if let Ok(Some(k)) = super::cpk::parse(&headers, true) {
+                let nonce = ops::new_nonce();
+                enc = Some((k.keystream(&nonce, 0), nonce, k.sha.clone()));
+            }
+        }
+        // One pass over the data in the block buffer, sized up front: the copy out of
+        // hyper's read buffer, fused with the encryption when there is a key.
+        let mut data = alloc_body(len);
+        let mut pos = 0usize;
         let mut body = body;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| {
@@ -459,10 +482,26 @@ async fn process(
                     "One of the request inputs is not valid.",
                 )
             })?;
-            if let Ok(d) = frame.into_data() {
-                buf.extend_from_slice(&d);
+            let Ok(d) = frame.into_data() else { continue };
+            if d.len() > len - pos {
+                return Err(ApiError::invalid_input());
+            }
+            // Digest and copy/encrypt piece by piece while each piece is hot in cache.
+            for piece in d.chunks(BODY_PIECE) {
+                crc.write(piece);
+                if let Some(m) = md5.as_mut() {
+                    md5::Digest::update(m, piece);
+                }
+                let dst = &mut data[pos..pos + piece.len()];
+                match enc.as_mut() {
+                    Some((ks, _, _)) => ks.apply_to(piece, dst),
+                    None => dst.copy_from_slice(piece),
+                }
+                pos += piece.len();
             }
         }
+        data.truncate(pos);
+        buf = BytesMut::from(bytes::Bytes::from(data));
         shared
             .stats
             .bytes_in
@@ -479,10 +518,43 @@ async fn process(
         container,
         blob,
         body: buf,
+        body_crc64: crc.sum64(),
+        body_md5: md5.map(|m| md5::Digest::finalize(m).into()),
+        body_encrypted: enc.map(|(_, nonce, sha)| (nonce, sha)),
         tls: shared.tls,
         version,
     };
     ops::dispatch(shared, op, req).await
+}
+
+/// A zero-filled buffer for a request body of `len` bytes. Zeroed memory comes from
+/// `calloc`, which for large sizes maps fresh pages without writing them, so the body
+/// copy is the first (and only) pass over it. Large buffers are populated up front
+/// with one `madvise(MADV_POPULATE_WRITE)` instead of taking a page fault per 4 KiB
+/// while the body is copied in (on this VM that costs as much as the copy). Transparent
+/// huge pages were tried too: their first-touch clearing cost far more.
+fn alloc_body(len: usize) -> Vec<u8> {
+    let v = vec![0u8; len];
+    const PAGE: usize = 4096;
+    // Not for huge declared lengths: the memory would be committed before any of the
+    // body arrived.
+    if (1 << 20..=64 << 20).contains(&len) {
+        let addr = v.as_ptr() as usize;
+        let start = addr.next_multiple_of(PAGE);
+        let end = (addr + len) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: advisory only (faults in pages of the live allocation `v`; their
+            // contents stay zero). Failure (old kernels: EINVAL) is harmless.
+            unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    end - start,
+                    libc::MADV_POPULATE_WRITE,
+                );
+            }
+        }
+    }
+    v
 }
 
 /// Verify Shared Key or SAS. Returns the SAS `sv` for SAS requests.
@@ -646,35 +718,70 @@ fn authenticate(
     Ok(Some(sas.sv.clone()))
 }
 
-/// A body that stops (with an error, which closes the connection) after `remaining` bytes.
+/// How long a truncated response waits, after its last partial frame, before it fails
+/// (which makes hyper drop the connection). hyper flushes what it has buffered while
+/// the body is pending; failing at once would drop the status line, the headers and
+/// the partial data with the connection.
+const TRUNCATE_LINGER: Duration = Duration::from_millis(100);
+
+/// A body that delivers `remaining` bytes, then (after [`TRUNCATE_LINGER`]) fails,
+/// which closes the connection: the client sees the full Content-Length, a partial
+/// body and a connection that ends early.
 struct Truncate {
     inner: RespBody,
     remaining: u64,
     total: u64,
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Truncate {
+    fn new(inner: RespBody, remaining: u64, total: u64) -> Truncate {
+        Truncate {
+            inner,
+            remaining,
+            total,
+            linger: None,
+        }
+    }
+
+    /// Pending until the linger timer fires, then the injected error.
+    fn poll_fail(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let t = self
+            .linger
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(TRUNCATE_LINGER)));
+        match t.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::other("injected truncation")))),
+        }
+    }
 }
 
 impl Body for Truncate {
     type Data = Bytes;
     type Error = io::Error;
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(Some(Err(io::Error::other("injected truncation"))));
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return this.poll_fail(cx);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(mut d) => {
-                    if d.len() as u64 > self.remaining {
-                        d.truncate(self.remaining as usize);
+                    if d.len() as u64 > this.remaining {
+                        d.truncate(this.remaining as usize);
                     }
-                    self.remaining -= d.len() as u64;
+                    this.remaining -= d.len() as u64;
                     Poll::Ready(Some(Ok(Frame::data(d))))
                 }
                 Err(f) => Poll::Ready(Some(Ok(f))),
             },
-            Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::other("injected truncation")))),
+            Poll::Ready(None) => {
+                this.remaining = 0;
+                this.poll_fail(cx)
+            }
             other => other,
         }
     }

@@ -54,9 +54,11 @@ impl Block {
         };
         match (self.nonce, key) {
             (Some(nonce), Some(k)) => {
-                let mut buf = bytes::BytesMut::from(&raw[..]);
-                k.apply(&nonce, off, &mut buf);
-                Ok(buf.freeze())
+                // Decrypt straight from the stored bytes into the frame (one pass;
+                // zeroed memory from calloc is not written twice).
+                let mut buf = vec![0u8; raw.len()];
+                k.apply_to(&nonce, off, &raw, &mut buf);
+                Ok(Bytes::from(buf))
             }
             (Some(_), None) => Err(io::Error::other("encrypted block read without key")),
             _ => Ok(raw),
