@@ -403,6 +403,7 @@ impl BlobClient {
                 message,
                 request_id: header_str(&headers, "x-ms-request-id").map(str::to_string),
                 mac_mismatch,
+                attempts: 1,
             },
             retry_after(&headers),
         )
@@ -449,7 +450,8 @@ impl BlobClient {
                     if status.is_success() || status == StatusCode::NOT_MODIFIED {
                         return Ok(resp);
                     }
-                    let (err, ra) = self.service_error(&call, resp).await;
+                    let (mut err, ra) = self.service_error(&call, resp).await;
+                    err.attempts = attempt;
                     if err.mac_mismatch {
                         if let (Credential::SharedKey(cred), Some(k)) =
                             (&self.inner.credential, &account_key)
@@ -749,6 +751,7 @@ impl BlobClient {
             // what Put Blob received: if it is ours, the write is ours.
             Err(e)
                 if !opts.conditions.is_empty()
+                    && e.service().is_some_and(|s| s.attempts > 1)
                     && (e.status() == Some(412) || e.is_code("BlobAlreadyExists")) =>
             {
                 use base64::Engine;
@@ -825,8 +828,10 @@ impl BlobClient {
         match self.execute(call).await {
             Ok(resp) => Ok(write_result(resp.headers())),
             Err(e)
-                if (!opts.conditions.is_empty() && matches!(e.status(), Some(412) | Some(409)))
-                    || e.is_code("InvalidBlockList") =>
+                if e.service().is_some_and(|s| s.attempts > 1)
+                    && ((!opts.conditions.is_empty()
+                        && matches!(e.status(), Some(412) | Some(409)))
+                        || e.is_code("InvalidBlockList")) =>
             {
                 // Did an earlier attempt of ours win? Same ids in the same order.
                 let ids: Vec<&str> = blocks
@@ -919,7 +924,11 @@ impl BlobClient {
             // A conditional update retried after a lost answer meets its own
             // success as 412: if the blob now carries exactly this metadata,
             // the update is ours.
-            Err(e) if cond.if_match.is_some() && e.status() == Some(412) => {
+            Err(e)
+                if cond.if_match.is_some()
+                    && e.status() == Some(412)
+                    && e.service().is_some_and(|s| s.attempts > 1) =>
+            {
                 let want: Metadata = metadata
                     .iter()
                     .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))

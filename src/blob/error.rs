@@ -20,6 +20,10 @@ pub struct ServiceError {
     /// The service's detail text is not kept: it holds the string-to-sign,
     /// which contains the CPK.
     pub mac_mismatch: bool,
+    /// Attempts made, this answer included. A conditional write that fails
+    /// its condition after more than one attempt may have met its own
+    /// earlier success, whose answer was lost.
+    pub attempts: u32,
 }
 
 impl ServiceError {
@@ -179,6 +183,7 @@ mod tests {
             message: "The given customer specified encryption does not match".into(),
             request_id: Some("rid-1".into()),
             mac_mismatch: false,
+            attempts: 1,
         }));
         let s = e.to_string();
         assert!(

@@ -115,6 +115,7 @@ mod tests {
             message: String::new(),
             request_id: Some("r".into()),
             mac_mismatch: false,
+            attempts: 1,
         })))
     }
 
