@@ -90,6 +90,7 @@ impl std::fmt::Debug for BlobClient {
 }
 
 /// One request to send: built once, signed on every attempt.
+#[derive(Clone)]
 struct Call<'a> {
     op: &'static str,
     method: Method,
@@ -591,8 +592,7 @@ impl BlobClient {
             self.inner.container.clone(),
         );
         let resource = call.resource.clone();
-        let resp = self.execute(call).await?;
-        let body = self.read_body("ListBlobs", &resource, resp).await?;
+        let (_, body) = self.execute_with_body(call).await?;
         xml::parse_list_blobs(&body).map_err(|detail| BlobError::Protocol {
             operation: "ListBlobs",
             resource,
@@ -609,20 +609,38 @@ impl BlobClient {
         }
     }
 
-    async fn read_body(
-        &self,
-        op: &'static str,
-        resource: &str,
-        resp: reqwest::Response,
-    ) -> Result<Bytes, BlobError> {
-        resp.bytes().await.map_err(|e| BlobError::Transport {
-            operation: op,
-            resource: resource.to_string(),
-            kind: transport_kind(&e),
-            attempts: 1,
-            elapsed: Duration::ZERO,
-            source: Box::new(e),
-        })
+    /// Send a small-response request (listings, block lists) and read its
+    /// whole body. A body cut off mid-way (reset, truncation) is retried like
+    /// any transient failure: these reads are idempotent.
+    async fn execute_with_body(&self, call: Call<'_>) -> Result<(HeaderMap, Bytes), BlobError> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self.execute(call.clone()).await?;
+            let headers = resp.headers().clone();
+            match resp.bytes().await {
+                Ok(b) => return Ok((headers, b)),
+                Err(e)
+                    if attempt < self.inner.retry.max_attempts
+                        && started.elapsed() < self.inner.retry.deadline =>
+                {
+                    let delay = self.inner.retry.delay(attempt, None);
+                    tracing::info!(op = call.op, resource = %call.resource, attempt, error = %e, "response body cut off; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    return Err(BlobError::Transport {
+                        operation: call.op,
+                        resource: call.resource.clone(),
+                        kind: transport_kind(&e),
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
     }
 
     // --------------------------------------------------------------------- blob
@@ -879,9 +897,8 @@ impl BlobClient {
             self.res(name),
         );
         let resource = call.resource.clone();
-        let resp = self.execute(call).await?;
-        let etag = header_str(resp.headers(), "etag").map(quote_etag);
-        let body = self.read_body("GetBlockList", &resource, resp).await?;
+        let (headers, body) = self.execute_with_body(call).await?;
+        let etag = header_str(&headers, "etag").map(quote_etag);
         let mut list = xml::parse_block_list(&body).map_err(|detail| BlobError::Protocol {
             operation: "GetBlockList",
             resource,

@@ -184,7 +184,8 @@ pub fn build_client_with(
     Ok(BlobClient::new(cfg)?)
 }
 
-fn parse_keys(text: &str) -> Result<Vec<AccountKey>> {
+/// Account keys, one per line (a key file or a Key Vault secret).
+pub(crate) fn parse_keys(text: &str) -> Result<Vec<AccountKey>> {
     let keys = text
         .lines()
         .map(str::trim)

@@ -7,12 +7,13 @@
 //! `IDENTITY_ENDPOINT`/`IDENTITY_HEADER`), else IMDS (`CPKFS_IMDS_ENDPOINT`
 //! overrides its address).
 
+use super::mount::parse_keys;
 use super::settings::Settings;
 use crate::blob::secret::SecretString;
 use crate::blob::{AccountKey, Credential, CustomerKey, SharedKeyCredential};
 use crate::keyvault::wrapped::{self, WrappedKey};
 use crate::keyvault::{BlockingVault, TokenSource, VaultClient, VaultOptions};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,19 +48,6 @@ fn settings_vault(s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<
     )?;
     let source = TokenSource::from_env(env)?;
     Ok(BlockingVault::new(|| VaultClient::new(source, opts))?)
-}
-
-fn parse_keys(text: &str) -> Result<Vec<AccountKey>> {
-    let keys = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(AccountKey::from_base64)
-        .collect::<Result<Vec<_>, _>>()?;
-    if keys.is_empty() {
-        bail!("it holds no key");
-    }
-    Ok(keys)
 }
 
 /// Run `f` blocking; on a multi-threaded runtime's worker, tell the runtime
