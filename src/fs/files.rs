@@ -41,6 +41,7 @@ impl Fs {
             cpk: Mutex::new(cpk),
             seq: Mutex::new((0, 0)),
             wrote: std::sync::atomic::AtomicBool::new(false),
+            delivered: std::sync::atomic::AtomicBool::new(false),
         };
         self.handles.lock().unwrap().insert(fh, Arc::new(h));
         fh
@@ -204,8 +205,47 @@ impl Fs {
         let Some(etag) = etag else {
             return Ok(Bytes::new());
         };
-        self.read_blob(&h, cpk, &path, &etag, fsize, offset, size as u64)
+        match self
+            .read_blob(&h, cpk, &path, &etag, fsize, offset, size as u64)
             .await
+        {
+            Ok(b) => {
+                h.delivered.store(true, Ordering::Relaxed);
+                Ok(b)
+            }
+            // Nothing was returned through this handle yet, and the version
+            // it pinned is gone (replaced, or re-keyed by rotate-cpk, since
+            // the attributes were cached): re-learn the blob and read the
+            // current version. No bytes of two versions can mix.
+            Err(e)
+                if !h.delivered.load(Ordering::Relaxed)
+                    && !matches!(e, FsError::NotFound | FsError::ForeignKey { .. }) =>
+            {
+                let s = node.snapshot();
+                tracing::debug!(path = %path, error = %e, "first read failed; re-reading the blob's properties");
+                let fresh = self.lookup_remote(s.parent, &s.name, &path).await?;
+                if fresh.ino != ino {
+                    return Err(e);
+                }
+                let s = node.snapshot();
+                let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
+                let Some(new_etag) = s.etag.clone() else {
+                    return Err(e);
+                };
+                if new_etag == etag {
+                    return Err(e);
+                }
+                *h.etag.lock().unwrap() = Some(new_etag.clone());
+                *h.size.lock().unwrap() = s.attr.size;
+                *h.cpk.lock().unwrap() = cpk.clone();
+                let b = self
+                    .read_blob(&h, cpk, &path, &new_etag, s.attr.size, offset, size as u64)
+                    .await?;
+                h.delivered.store(true, Ordering::Relaxed);
+                Ok(b)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn block_key(&self, path: &str, etag: &str, index: u64) -> BlockKey {

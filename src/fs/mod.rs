@@ -103,6 +103,9 @@ pub struct FileHandle {
     /// Sequential-read detector: next expected offset and read-ahead window.
     seq: Mutex<(u64, u64)>,
     wrote: std::sync::atomic::AtomicBool,
+    /// Some bytes were returned through this handle: from then on it must
+    /// not switch to another version of the blob.
+    delivered: std::sync::atomic::AtomicBool,
 }
 
 pub struct Fs {
