@@ -30,6 +30,33 @@ impl FuseAdapter {
         let ttl = fs.config().attr_ttl;
         FuseAdapter { fs, rt, ttl }
     }
+
+    /// Run `work` on the runtime and answer with an empty reply or its errno.
+    fn reply_empty<F>(&self, op: &'static str, reply: ReplyEmpty, work: F)
+    where
+        F: std::future::Future<Output = Result<(), FsError>> + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            match work.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(op, &e)),
+            }
+        });
+    }
+
+    /// Run `work` on the runtime and answer with the entry or its errno.
+    fn reply_entry<F>(&self, op: &'static str, reply: ReplyEntry, work: F)
+    where
+        F: std::future::Future<Output = Result<crate::fs::Entry, FsError>> + Send + 'static,
+    {
+        let ttl = self.ttl;
+        self.rt.spawn(async move {
+            match work.await {
+                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Err(e) => reply.error(errno(op, &e)),
+            }
+        });
+    }
 }
 
 fn file_attr(ino: u64, a: &Attr) -> FileAttr {
@@ -97,13 +124,12 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
-        self.rt.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
-                Err(e) => reply.error(errno("lookup", &e)),
-            }
-        });
+        let fs = self.fs.clone();
+        self.reply_entry(
+            "lookup",
+            reply,
+            async move { fs.lookup(parent.0, &name).await },
+        );
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -204,36 +230,31 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        self.rt.spawn(async move {
-            match fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
-                Err(e) => reply.error(errno("mkdir", &e)),
-            }
+        self.reply_entry("mkdir", reply, async move {
+            fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("unlink", &e)),
-            }
-        });
+        self.reply_empty(
+            "unlink",
+            reply,
+            async move { fs.unlink(parent.0, &name).await },
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.rmdir(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rmdir", &e)),
-            }
-        });
+        self.reply_empty(
+            "rmdir",
+            reply,
+            async move { fs.rmdir(parent.0, &name).await },
+        );
     }
 
     fn symlink(
@@ -248,13 +269,10 @@ impl Filesystem for FuseAdapter {
         let Some(target) = target.to_str().map(str::to_string) else {
             return reply.error(Errno::EINVAL);
         };
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        self.rt.spawn(async move {
-            match fs.symlink(parent.0, &name, &target, uid, gid).await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
-                Err(e) => reply.error(errno("symlink", &e)),
-            }
+        self.reply_entry("symlink", reply, async move {
+            fs.symlink(parent.0, &name, &target, uid, gid).await
         });
     }
 
@@ -363,12 +381,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.flush(ino.0, fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("flush", &e)),
-            }
-        });
+        self.reply_empty("flush", reply, async move { fs.flush(ino.0, fh.0).await });
     }
 
     fn release(
@@ -382,12 +395,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.release(ino.0, fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("release", &e)),
-            }
-        });
+        self.reply_empty(
+            "release",
+            reply,
+            async move { fs.release(ino.0, fh.0).await },
+        );
     }
 
     fn fsync(
@@ -399,12 +411,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.fsync(ino.0, fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("fsync", &e)),
-            }
-        });
+        self.reply_empty("fsync", reply, async move { fs.fsync(ino.0, fh.0).await });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
