@@ -373,6 +373,27 @@ impl Fs {
         Ok(out.freeze())
     }
 
+    /// A write that needs no waiting (see `WriteSession::try_append`), done
+    /// on the caller's thread straight from the kernel's buffer; None when
+    /// the write must go the async way.
+    pub fn try_write_now(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Option<u32> {
+        let h = self.handle(fh).ok()?;
+        if !h.writable {
+            return None;
+        }
+        let node = self.node(ino).ok()?;
+        let mut w = node.write.try_lock().ok()?;
+        let ws = w.as_mut()?;
+        if !ws.try_append(&self.wctx, offset, data) {
+            return None;
+        }
+        let mut s = node.state.lock().unwrap();
+        s.attr.size = ws.size();
+        s.attr.mtime = SystemTime::now();
+        h.wrote.store(true, Ordering::Relaxed);
+        Some(data.len() as u32)
+    }
+
     pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handle(fh)?;
         if !h.writable {

@@ -487,6 +487,31 @@ impl WriteSession {
         Ok(Outcome::Done)
     }
 
+    /// The common case of a sequential writer, done without awaiting: append
+    /// `data` at the end of the file into the last dirty block when it fits
+    /// without filling the block (filling it starts an upload, which may
+    /// wait for a slot). Returns false, changing nothing, otherwise.
+    pub fn try_append(&mut self, ctx: &WriteContext, offset: u64, data: &[u8]) -> bool {
+        if self.failed.is_some() || !self.layout_known || offset != self.size || data.is_empty() {
+            return false;
+        }
+        let cap = self.grow_size(ctx);
+        let Some(last) = self.extents.last_mut() else {
+            return false;
+        };
+        let ExtState::Dirty(buf) = &mut last.state else {
+            return false;
+        };
+        if last.len + (data.len() as u64) >= cap {
+            return false;
+        }
+        buf.extend_from_slice(data);
+        last.len += data.len() as u64;
+        self.size += data.len() as u64;
+        self.dirty = true;
+        true
+    }
+
     pub async fn truncate(
         &mut self,
         ctx: &WriteContext,
