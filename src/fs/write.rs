@@ -452,7 +452,16 @@ impl WriteSession {
                 _ => true,
             };
             if need_new {
-                let want = cap.min(end - pos).max(64 * 1024).min(cap);
+                // A large write, or a file already past one block, is a
+                // streaming writer: take the whole block now rather than
+                // growing the buffer 1→2→4→8 MiB (each growth copies it).
+                // Small files keep small buffers.
+                let streaming = end - pos >= 512 * 1024 || self.size >= ctx.block_size;
+                let want = if streaming {
+                    cap
+                } else {
+                    (end - pos).max(64 * 1024).min(cap)
+                };
                 self.extents.push(Extent {
                     start: self.size,
                     len: 0,
