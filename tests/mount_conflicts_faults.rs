@@ -76,14 +76,15 @@ impl Drop for Second {
     }
 }
 
-/// Open `path` for writing, write `text`, wait for `go` to exist, close.
-/// Prints "closed ok" or "close failed: <errno name>".
+/// Open `path` for writing, write `text`, print "written", wait for `go` to
+/// exist, close. Prints "closed ok" or "close failed: <errno name>".
 fn slow_writer(path: &Path, text: &str, go: &Path) -> Child {
     let py = r#"
 import os, sys, time
 p, text, go = sys.argv[1], sys.argv[2], sys.argv[3]
 fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
 os.write(fd, text.encode())
+print("written", flush=True)
 while not os.path.exists(go):
     time.sleep(0.05)
 try:
@@ -100,6 +101,28 @@ except OSError as e:
         .stdout(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Wait until the writer has opened and written (so its version is pinned).
+fn wait_written(child: &mut Child) -> std::io::BufReader<std::process::ChildStdout> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "written",
+        "the writer could not open and write"
+    );
+    r
+}
+
+fn rest_of(mut r: std::io::BufReader<std::process::ChildStdout>, mut child: Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    child.wait().unwrap();
+    s
 }
 
 #[test]
@@ -164,7 +187,14 @@ fn two_writers_never_clobber_each_other_silently() {
         &go2,
     );
     std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(m.path("doc.txt"), "version D (mount 1)\n").unwrap();
+    // Someone else replaces the file meanwhile (over REST: deterministic).
+    m.block_on(c.put_blob(
+        "doc.txt",
+        bytes::Bytes::from_static(b"version D (REST)\n"),
+        &Default::default(),
+        m.key.as_deref(),
+    ))
+    .unwrap();
     std::fs::write(&go2, "").unwrap();
     let out = b.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("closed ok"));
