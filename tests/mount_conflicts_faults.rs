@@ -137,13 +137,12 @@ fn two_writers_never_clobber_each_other_silently() {
 
     // Mount 1 opens and writes but has not closed yet; mount 2 writes and closes.
     let go = m.scratch.join("go");
-    let a = slow_writer(&m.path("doc.txt"), "version A (mount 1)\n", &go);
-    std::thread::sleep(Duration::from_millis(500));
+    let mut a = slow_writer(&m.path("doc.txt"), "version A (mount 1)\n", &go);
+    let ra = wait_written(&mut a);
     std::fs::write(second.mnt.join("doc.txt"), "version B (mount 2)\n")
         .expect("the first close to commit wins");
     std::fs::write(&go, "").unwrap();
-    let out = a.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = rest_of(ra, a);
     assert!(
         said.contains("close failed: Input/output error"),
         "mount 1's close should fail, it said: {said}"
@@ -181,12 +180,12 @@ fn two_writers_never_clobber_each_other_silently() {
     let second = Second::new(&m, &["--conflict", "overwrite"]);
     let go2 = m.scratch.join("go2");
     std::thread::sleep(Duration::from_millis(200));
-    let b = slow_writer(
+    let mut b = slow_writer(
         &second.mnt.join("doc.txt"),
         "version C (mount 2, overwrite)\n",
         &go2,
     );
-    std::thread::sleep(Duration::from_millis(500));
+    let rb = wait_written(&mut b);
     // Someone else replaces the file meanwhile (over REST: deterministic).
     m.block_on(c.put_blob(
         "doc.txt",
@@ -196,8 +195,7 @@ fn two_writers_never_clobber_each_other_silently() {
     ))
     .unwrap();
     std::fs::write(&go2, "").unwrap();
-    let out = b.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("closed ok"));
+    assert!(rest_of(rb, b).contains("closed ok"));
     assert_eq!(read("doc.txt"), "version C (mount 2, overwrite)\n");
 }
 
