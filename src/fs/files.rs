@@ -387,10 +387,7 @@ impl Fs {
         if !ws.try_append(&self.wctx, offset, data) {
             return None;
         }
-        let mut s = node.state.lock().unwrap();
-        s.attr.size = ws.size();
-        s.attr.mtime = SystemTime::now();
-        h.wrote.store(true, Ordering::Relaxed);
+        Self::note_written(&node, &h, ws.size());
         Some(data.len() as u32)
     }
 
@@ -416,11 +413,16 @@ impl Fs {
                 }
             }
         }
+        Self::note_written(&node, &h, ws.size());
+        Ok(data.len() as u32)
+    }
+
+    /// After a write: the file's size and mtime, and the handle has written.
+    fn note_written(node: &Inode, h: &FileHandle, size: u64) {
         let mut s = node.state.lock().unwrap();
-        s.attr.size = ws.size();
+        s.attr.size = size;
         s.attr.mtime = SystemTime::now();
         h.wrote.store(true, Ordering::Relaxed);
-        Ok(data.len() as u32)
     }
 
     /// Commit the inode's pending writes, with its write lock held by the caller.
@@ -619,38 +621,8 @@ impl Fs {
                 // than re-committing — which would copy the whole blob.
                 Some(etag) if !ws.is_dirty() && ws.failed().is_none() => {
                     let etag = etag.to_string();
-                    let s = node.snapshot();
-                    let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
-                    let mut md = s.attr.to_metadata();
-                    if s.local_etag.as_deref() != Some(etag.as_str()) {
-                        // Not committed by us: keep metadata set by other tools.
-                        let current = self
-                            .client
-                            .get_blob_properties(
-                                path,
-                                cpk.as_deref(),
-                                &Conditions::if_match(etag.clone()),
-                            )
-                            .await?;
-                        let mut merged = current.metadata;
-                        merged.extend(md);
-                        md = merged;
-                    }
-                    let r = self
-                        .client
-                        .set_blob_metadata(path, &md, cpk.as_deref(), &Conditions::if_match(etag))
-                        .await?;
-                    if cpk.is_some() {
-                        self.cpk_meta
-                            .lock()
-                            .unwrap()
-                            .put((path.to_string(), r.etag.clone()), md);
-                    }
-                    ws.set_base_etag(r.etag.clone());
-                    let mut st = node.state.lock().unwrap();
-                    st.etag = Some(r.etag.clone());
-                    st.local_etag = Some(r.etag);
-                    st.expires = self.expiry();
+                    let new_etag = self.set_metadata_in_place(node, path, Some(etag)).await?;
+                    ws.set_base_etag(new_etag);
                 }
                 // Pending writes: the metadata goes with their commit.
                 _ => ws.mark_dirty(),
@@ -679,40 +651,57 @@ impl Fs {
                 st.etag = Some(r.etag);
                 st.expires = self.expiry();
             }
-            (_, Some(etag)) => {
-                let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
-                // Keep metadata written by other tools; replace ours.
-                let current = self
-                    .client
-                    .get_blob_properties(path, cpk.as_deref(), &Conditions::default())
-                    .await?;
-                let mut md = current.metadata;
-                md.extend(s.attr.to_metadata());
-                let r = self
-                    .client
-                    .set_blob_metadata(
-                        path,
-                        &md,
-                        cpk.as_deref(),
-                        &Conditions::if_match(current.etag.clone()),
-                    )
-                    .await?;
-                if cpk.is_some() {
-                    self.cpk_meta
-                        .lock()
-                        .unwrap()
-                        .put((path.to_string(), r.etag.clone()), md);
-                }
-                // Only metadata changed: open handles may follow the new ETag.
-                let _ = etag;
-                let mut st = node.state.lock().unwrap();
-                st.etag = Some(r.etag.clone());
-                st.local_etag = Some(r.etag);
-                st.expires = self.expiry();
+            (_, Some(_)) => {
+                self.set_metadata_in_place(node, path, None).await?;
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Store the inode's mode/uid/gid/mtime with Set Blob Metadata and follow
+    /// the new ETag (only metadata changed, so open handles may follow it).
+    /// `etag`: the version to change; when it is one we committed ourselves
+    /// all its metadata is ours, otherwise the current metadata is read first
+    /// so what other tools set is kept. Returns the new ETag.
+    async fn set_metadata_in_place(
+        &self,
+        node: &Inode,
+        path: &str,
+        etag: Option<String>,
+    ) -> FsResult<String> {
+        let s = node.snapshot();
+        let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
+        let mut md = s.attr.to_metadata();
+        let target = match etag {
+            Some(e) if s.local_etag.as_deref() == Some(e.as_str()) => e,
+            other => {
+                let cond = other.map(Conditions::if_match).unwrap_or_default();
+                let current = self
+                    .client
+                    .get_blob_properties(path, cpk.as_deref(), &cond)
+                    .await?;
+                let mut merged = current.metadata;
+                merged.extend(md);
+                md = merged;
+                current.etag
+            }
+        };
+        let r = self
+            .client
+            .set_blob_metadata(path, &md, cpk.as_deref(), &Conditions::if_match(target))
+            .await?;
+        if cpk.is_some() {
+            self.cpk_meta
+                .lock()
+                .unwrap()
+                .put((path.to_string(), r.etag.clone()), md);
+        }
+        let mut st = node.state.lock().unwrap();
+        st.etag = Some(r.etag.clone());
+        st.local_etag = Some(r.etag.clone());
+        st.expires = self.expiry();
+        Ok(r.etag)
     }
 }
 
