@@ -91,6 +91,8 @@ impl Fs {
             }
             node.state.lock().unwrap().attr.mtime = SystemTime::now();
         }
+        #[cfg(test)]
+        super::pause::point("open: session decided").await;
         // Register the handle before the write lock is released: `release`
         // of another handle decides under this lock whether the session
         // still has writers, so it must see this one (issue #15: a handle
@@ -838,5 +840,164 @@ impl FsError {
             FsError::NotFound => FsError::NotFound,
             _ => self,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The write-handle bookkeeping driven directly (no kernel) against the
+    //! in-process emulator.
+
+    use super::super::pause;
+    use super::super::{Fs, FsConfig};
+    use crate::blob::*;
+    use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn fs_on_emulator() -> (EmulatorHandle, Arc<Fs>) {
+        let emu = emulator::start(EmulatorConfig::default()).await.unwrap();
+        let cred = Credential::SharedKey(Arc::new(
+            SharedKeyCredential::new(
+                DEV_ACCOUNT,
+                vec![AccountKey::from_base64(DEV_ACCOUNT_KEY).unwrap()],
+            )
+            .unwrap(),
+        ));
+        let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, "handles", cred);
+        cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
+        cfg.cpk = Some(Arc::new(CustomerKey::from_raw([7; 32])));
+        cfg.retry.base_delay = Duration::from_millis(10);
+        let client = BlobClient::new(cfg).unwrap();
+        client.create_container().await.unwrap();
+        let fs = Fs::new(
+            client,
+            FsConfig {
+                block_size: 64 * 1024,
+                ..FsConfig::default()
+            },
+        );
+        (emu, fs)
+    }
+
+    /// Issue #15, the schedule fsx hit by chance: close() of one descriptor
+    /// sends RELEASE asynchronously, and the next open() of the same file
+    /// arrives meanwhile. The RELEASE is handled after the OPEN has decided
+    /// to keep the existing write session but before the OPEN's handle was
+    /// registered: with the session dropped, every write through the new
+    /// descriptor failed with EBADF. The pause point holds the OPEN exactly
+    /// there while the RELEASE runs as far as it can.
+    #[tokio::test(flavor = "current_thread")]
+    async fn release_racing_open_keeps_the_session_of_the_new_handle() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "f", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, a, 0, b"first").await.unwrap();
+        fs.flush(e.ino, a).await.unwrap();
+
+        let (reached, resume) = pause::arm("open: session decided");
+        let open_b = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.open(e.ino, true, false).await }
+        });
+        reached.await.unwrap();
+        let release_a = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.release(e.ino, a).await }
+        });
+        // Let the RELEASE run until it finishes or waits for the write lock
+        // (nothing else is runnable on this single-threaded runtime).
+        for _ in 0..100 {
+            if release_a.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        resume.send(()).unwrap();
+        let b = open_b.await.unwrap().unwrap();
+        release_a.await.unwrap().unwrap();
+
+        fs.write(e.ino, b, 5, b" second").await.unwrap();
+        fs.flush(e.ino, b).await.unwrap();
+        let got = fs.read(e.ino, b, 0, 64).await.unwrap();
+        assert_eq!(&got[..], b"first second");
+        fs.release(e.ino, b).await.unwrap();
+    }
+
+    /// Two writable handles of one file: releasing one (after its close
+    /// committed) leaves the other writing, and the last release ends the
+    /// session after committing what is pending.
+    #[tokio::test]
+    async fn two_writers_share_one_session_until_the_last_release() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "g", 0o644, 0, 0).await.unwrap();
+        let b = fs.open(e.ino, true, false).await.unwrap();
+        fs.write(e.ino, a, 0, b"aaaa").await.unwrap();
+        fs.flush(e.ino, a).await.unwrap();
+        fs.release(e.ino, a).await.unwrap();
+        fs.write(e.ino, b, 4, b"bbbb").await.unwrap();
+        // A write through a released handle is refused, not applied.
+        assert!(matches!(
+            fs.write(e.ino, a, 0, b"x").await,
+            Err(super::FsError::BadHandle)
+        ));
+        fs.release(e.ino, b).await.unwrap();
+        let r = fs.open(e.ino, false, false).await.unwrap();
+        assert_eq!(&fs.read(e.ino, r, 0, 64).await.unwrap()[..], b"aaaabbbb");
+        fs.release(e.ino, r).await.unwrap();
+    }
+
+    /// fallocate mode 0 extends with zeros and never shrinks; KEEP_SIZE is
+    /// a no-op; hole punching is refused with EOPNOTSUPP.
+    #[tokio::test]
+    async fn fallocate_extends_only() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "h", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, a, 0, b"head").await.unwrap();
+        fs.fallocate(e.ino, a, 0, 100_000, 0).await.unwrap();
+        fs.fallocate(e.ino, a, 0, 10, 0).await.unwrap();
+        fs.fallocate(e.ino, a, 0, 500_000, libc::FALLOC_FL_KEEP_SIZE)
+            .await
+            .unwrap();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let err = fs.fallocate(e.ino, a, 0, 4, punch).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EOPNOTSUPP);
+        fs.release(e.ino, a).await.unwrap();
+        assert_eq!(fs.getattr(e.ino).await.unwrap().attr.size, 100_000);
+        let r = fs.open(e.ino, false, false).await.unwrap();
+        let got = fs.read(e.ino, r, 0, 200_000).await.unwrap();
+        let mut want = b"head".to_vec();
+        want.resize(100_000, 0);
+        assert!(got[..] == want[..], "fallocate: wrong content");
+    }
+
+    /// copy_file_range copies within one file and across files, and stops
+    /// short at the source's end.
+    #[tokio::test]
+    async fn copy_file_range_copies_through_the_cache() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (e, a) = fs.create(1, "src", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, a, 0, &data).await.unwrap();
+        fs.release(e.ino, a).await.unwrap();
+        let s = fs.open(e.ino, false, false).await.unwrap();
+        let (d, w) = fs.create(1, "dst", 0o644, 0, 0).await.unwrap();
+        // Asks for more than there is: the copy ends with the source.
+        let n = fs
+            .copy_file_range(e.ino, s, 0, d.ino, w, 0, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(n as usize, data.len());
+        // Within one file, non-overlapping: dst[300000..300100] = dst[0..100].
+        let n = fs
+            .copy_file_range(d.ino, w, 0, d.ino, w, 300_000, 100)
+            .await
+            .unwrap();
+        assert_eq!(n, 100);
+        fs.release(d.ino, w).await.unwrap();
+        let r = fs.open(d.ino, false, false).await.unwrap();
+        let got = fs.read(d.ino, r, 0, 400_000).await.unwrap();
+        let mut want = data.clone();
+        want.extend_from_slice(&data[..100]);
+        assert!(got[..] == want[..], "copy_file_range: wrong content");
     }
 }
