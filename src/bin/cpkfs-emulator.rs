@@ -47,6 +47,12 @@ struct Args {
     #[arg(long)]
     allow_cpk_over_http: bool,
 
+    /// Answer service versions >= 2026-02-06 like a service that predates them
+    /// (400 InvalidHeaderValue on x-ms-version): no source keys on Put Blob/Block
+    /// From URL. For testing cpkfs's streaming fallback.
+    #[arg(long)]
+    no_source_cpk: bool,
+
     /// Key Vault identity CLIENT_ID:SECRET:PERM[,PERM…] (e.g.
     /// `app1:pw:secrets/get,keys/unwrapKey`; empty SECRET = managed identity for
     /// IMDS / App Service; `+managed` in the list also serves a service principal
@@ -110,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         accounts,
         data_dir: args.data_dir,
         allow_cpk_over_http: args.allow_cpk_over_http,
+        source_cpk: !args.no_source_cpk,
         vault_identities: args
             .vault_identities
             .iter()

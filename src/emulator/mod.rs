@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cpk;
 pub mod error;
+pub mod from_url;
 pub mod keyvault;
 pub mod ops;
 pub mod server;
@@ -48,6 +49,9 @@ pub struct EmulatorConfig {
     pub data_dir: Option<PathBuf>,
     /// Accept CPK headers on the plain-http listener (tests only).
     pub allow_cpk_over_http: bool,
+    /// Serve versions ≥ 2026-02-06 (source keys on Put Blob/Block From URL);
+    /// false answers them like an older service (`--no-source-cpk`).
+    pub source_cpk: bool,
     /// Key Vault identities (`keyvault.rs`, `token.rs`).
     pub vault_identities: Vec<token::Identity>,
     /// Lifetime of issued tokens in seconds [default: 3600].
@@ -65,6 +69,7 @@ impl Default for EmulatorConfig {
             )],
             data_dir: None,
             allow_cpk_over_http: false,
+            source_cpk: true,
             vault_identities: Vec::new(),
             vault_token_lifetime: None,
         }
@@ -181,6 +186,7 @@ pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
         disk,
         tls: config.tls,
         allow_cpk_over_http: config.allow_cpk_over_http,
+        source_cpk: config.source_cpk,
         stats: Stats::default(),
         faults: Mutex::new(None),
         base_url: Mutex::new(url.clone()),
