@@ -850,8 +850,8 @@ mod tests {
 
     use super::super::pause;
     use super::super::{Fs, FsConfig};
-    use crate::blob::*;
-    use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
+    use cpkfs_blob::*;
+    use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
     use std::sync::Arc;
     use std::time::Duration;
 
