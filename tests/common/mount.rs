@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub attr_ttl: String,
     /// More `cpkfs mount` arguments.
     pub extra: Vec<String>,
+    /// More `cpkfs-emulator` arguments (e.g. `--no-source-cpk`).
+    pub emulator_args: Vec<String>,
 }
 
 impl Default for MountOptions {
@@ -48,6 +50,7 @@ impl Default for MountOptions {
             cache_size: "256M".into(),
             attr_ttl: "3".into(),
             extra: vec![],
+            emulator_args: vec![],
         }
     }
 }
@@ -98,11 +101,12 @@ pub fn is_mounted(p: &Path) -> bool {
 }
 
 /// Start `cpkfs-emulator` on a free port; returns (child, base URL, CA PEM).
-fn start_emulator(dir: &Path) -> (Child, String, Vec<u8>) {
+fn start_emulator(dir: &Path, args: &[String]) -> (Child, String, Vec<u8>) {
     let ca = dir.join("ca.pem");
     let mut child = Command::new(crate::common::exe::emulator_exe())
         .args(["--listen", "127.0.0.1:0", "--ca-out"])
         .arg(&ca)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -139,7 +143,7 @@ impl Mount {
 
         let (emulator, azurite, endpoint, admin_url, ca_pem) = match opts.service {
             Service::Emulator | Service::EmulatorNoCpk => {
-                let (child, url, pem) = start_emulator(dir.path());
+                let (child, url, pem) = start_emulator(dir.path(), &opts.emulator_args);
                 let ep = format!("{url}/{DEV_ACCOUNT}");
                 (Some(child), None, ep, Some(url), Some(pem))
             }

@@ -384,7 +384,7 @@ pub async fn put_blob_from_url(shared: &Shared, req: Req) -> R {
         None => return Err(ApiError::missing_header("x-ms-blob-type")),
         Some(v) => return Err(ApiError::invalid_header("x-ms-blob-type", v)),
     }
-    if req.body.len() != 0 {
+    if !req.body.is_empty() {
         return Err(ApiError::invalid_header(
             "Content-Length",
             &req.body.len().to_string(),
@@ -474,7 +474,7 @@ pub async fn put_block_from_url(shared: &Shared, req: Req) -> R {
         .ok()
         .filter(|d| !id.is_empty() && d.len() <= 64)
         .ok_or_else(|| ApiError::invalid_query("blockid", &id, "Not a valid base64 string."))?;
-    if req.body.len() != 0 {
+    if !req.body.is_empty() {
         return Err(ApiError::invalid_header(
             "Content-Length",
             &req.body.len().to_string(),

@@ -121,6 +121,10 @@ pub struct Fs {
     /// Metadata learnt by keyed HEADs, by (name, ETag): a listing of an
     /// unchanged CPK blob needs no second HEAD.
     cpk_meta: Mutex<lru::LruCache<(String, String), Metadata>>,
+    /// Whether the service copies CPK blobs itself (Put Blob/Block From URL with
+    /// the source key, service version 2026-02-06): learnt from the first attempt,
+    /// once per mount (`namespace.rs`).
+    server_copy: namespace::ServerCopy,
 }
 
 /// Names the service cannot store or that would break the tree.
@@ -173,6 +177,7 @@ impl Fs {
             cpk_meta: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(200_000).unwrap(),
             )),
+            server_copy: namespace::ServerCopy::default(),
         })
     }
 
