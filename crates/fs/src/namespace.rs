@@ -638,7 +638,7 @@ mod tests {
             c,
             FsConfig {
                 block_size: 256 * 1024,
-                keyring: vec![old_key.clone()],
+                keyring: crate::KeyRing::new(vec![current.clone(), old_key.clone()]),
                 ..FsConfig::default()
             },
         );
