@@ -967,6 +967,14 @@ async fn create_key(ctx: &Ctx<'_>, p: &Params<'_>) -> R {
 fn get_key(ctx: &Ctx, p: &Params) -> R {
     ctx.with_vault(|vt| {
         let k = find_key(vt, p)?;
+        // As in Azure: a disabled version is listed but not returned.
+        if !k.enabled {
+            return Err(kv_error(
+                403,
+                "Forbidden",
+                "Operation get is not allowed on a disabled key.",
+            ));
+        }
         Ok(json_resp(200, &key_bundle(ctx.vault_url, p.name, k), &[]))
     })
 }
@@ -1201,6 +1209,64 @@ mod tests {
         assert!(crypt(&kek, "A256KW", &bad, true).is_err());
         assert!(crypt(&kek, "A128KW", &key, false).is_err());
         assert!(crypt(&kek, "RSA-OAEP", &key, false).is_err());
+    }
+
+    #[test]
+    fn routes_match_the_sdks_paths() {
+        let m = |method: &str, path: &str| {
+            find_route(&method.parse().unwrap(), path).map(|(r, p)| {
+                (
+                    r.permission,
+                    p.name.to_string(),
+                    p.version.map(String::from),
+                )
+            })
+        };
+        fn some(
+            perm: &'static str,
+            name: &str,
+            ver: Option<&str>,
+        ) -> Option<(&'static str, String, Option<String>)> {
+            Some((perm, name.to_string(), ver.map(String::from)))
+        }
+        // The SDKs ask for "latest" with an empty version segment.
+        assert_eq!(m("GET", "keys/k1/"), some("keys/get", "k1", None));
+        assert_eq!(m("GET", "keys/k1"), some("keys/get", "k1", None));
+        assert_eq!(m("GET", "keys/k1/abc"), some("keys/get", "k1", Some("abc")));
+        assert_eq!(m("GET", "keys/k1/versions"), some("keys/list", "k1", None));
+        assert_eq!(m("POST", "keys/k1/create"), some("keys/create", "k1", None));
+        assert_eq!(
+            m("POST", "keys/k1/abc/unwrapKey"),
+            some("keys/unwrapKey", "k1", Some("abc"))
+        );
+        assert_eq!(
+            m("POST", "keys/k1/wrapkey"),
+            some("keys/wrapKey", "k1", None)
+        );
+        assert_eq!(m("PATCH", "secrets/s/"), some("secrets/set", "s", None));
+        assert_eq!(m("PUT", "secrets/s"), some("secrets/set", "s", None));
+        assert_eq!(m("GET", "secrets"), some("secrets/list", "", None));
+        assert!(m("GET", "keys//x").is_none());
+        assert!(m("PUT", "keys/k1").is_none());
+        assert!(m("GET", "__vault/v/keys/k1").is_none());
+    }
+
+    #[test]
+    fn api_versions() {
+        for v in [
+            "7.0",
+            "7.4",
+            "7.6",
+            "7.6-preview",
+            "2025-07-01",
+            "2026-04-01",
+            "2026-03-01-preview",
+        ] {
+            assert!(api_version_known(v), "{v}");
+        }
+        for v in ["", "7", "7.x", "8.0", "2019-02-02", "2025-13-01", "latest"] {
+            assert!(!api_version_known(v), "{v}");
+        }
     }
 
     #[test]
