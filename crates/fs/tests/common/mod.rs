@@ -4,7 +4,7 @@
 
 use cpkfs_blob::*;
 use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
-use cpkfs_fs::{Fs, FsConfig};
+use cpkfs_fs::{Fs, FsConfig, KeyRing};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,21 +33,22 @@ pub async fn client(emu: &EmulatorHandle) -> BlobClient {
     ));
     let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, &container, cred);
     cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
-    cfg.cpk = Some(Arc::new(CustomerKey::from_raw([9; 32])));
     cfg.retry.base_delay = Duration::from_millis(10);
     let client = BlobClient::new(cfg).unwrap();
     client.create_container().await.unwrap();
     client
 }
 
-/// A new mount of `client`'s container: nothing cached. Attributes and
-/// listings are trusted for 10 minutes, so a test sees the mount's own view.
+/// A new mount of `client`'s container with a customer-provided key:
+/// nothing cached. Attributes and listings are trusted for 10 minutes, so a
+/// test sees the mount's own view.
 pub fn mount(client: &BlobClient) -> Arc<Fs> {
     Fs::new(
         client.clone(),
         FsConfig {
             block_size: BLOCK,
             attr_ttl: Duration::from_secs(600),
+            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
             ..FsConfig::default()
         },
     )
