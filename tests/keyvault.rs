@@ -333,7 +333,6 @@ mod mounts {
     use cpkfs::blob::{BlobClient, ClientConfig, ListOptions, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
     use cpkfs::keyvault::{TokenSource, VaultClient, VaultOptions};
     use serde_json::json;
-    use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
@@ -356,21 +355,11 @@ mod mounts {
         pub fn start(identities: &[&str]) -> Env {
             let dir = tempfile::tempdir().unwrap();
             let ca = dir.path().join("ca.pem");
-            let mut cmd = Command::new(crate::common::exe::emulator_exe());
-            cmd.args(["--listen", "127.0.0.1:0", "--ca-out"]).arg(&ca);
-            for i in identities {
-                cmd.args(["--vault-identity", i]);
-            }
-            let mut emu = cmd.stdout(Stdio::piped()).spawn().unwrap();
-            let mut line = String::new();
-            BufReader::new(emu.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let url = line
-                .trim()
-                .strip_prefix("listening on ")
-                .unwrap()
-                .to_string();
+            let extra: Vec<&str> = identities
+                .iter()
+                .flat_map(|i| ["--vault-identity", i])
+                .collect();
+            let (emu, url) = crate::common::exe::spawn_emulator(&ca, &extra, Stdio::inherit());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
