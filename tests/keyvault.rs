@@ -419,7 +419,6 @@ mod mounts {
     use cpkfs::blob::{BlobClient, ClientConfig, ListOptions, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
     use cpkfs::keyvault::{TokenSource, VaultClient, VaultOptions};
     use serde_json::json;
-    use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
@@ -430,7 +429,7 @@ mod mounts {
     /// The emulator binary with Key Vault identities, plus scratch space.
     pub struct Env {
         pub url: String,
-        /// The default vault's base URL (the second line the emulator prints).
+        /// The default vault's base URL.
         pub vault_url: String,
         pub ca: PathBuf,
         pub dir: tempfile::TempDir,
@@ -440,32 +439,41 @@ mod mounts {
         n: usize,
     }
 
+    /// The default vault's base URL, as `GET /__admin/vault` reports it.
+    async fn default_vault_url(url: &str, ca: &std::path::Path) -> String {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let body = http
+            .get(format!("{url}/__admin/vault"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        st["vault_url"].as_str().unwrap().to_string()
+    }
+
     impl Env {
         pub fn start(identities: &[&str]) -> Env {
             let dir = tempfile::tempdir().unwrap();
             let ca = dir.path().join("ca.pem");
-            let mut cmd = Command::new(crate::common::exe::emulator_exe());
-            cmd.args(["--listen", "127.0.0.1:0", "--ca-out"]).arg(&ca);
-            for i in identities {
-                cmd.args(["--vault-identity", i]);
-            }
-            let mut emu = cmd.stdout(Stdio::piped()).spawn().unwrap();
-            let mut out = BufReader::new(emu.stdout.take().unwrap());
-            let mut next = |prefix: &str| {
-                let mut line = String::new();
-                out.read_line(&mut line).unwrap();
-                line.trim()
-                    .strip_prefix(prefix)
-                    .unwrap_or_else(|| panic!("{line:?} does not start with {prefix:?}"))
-                    .to_string()
-            };
-            let url = next("listening on ");
-            let vault_url = next("vault default on ");
+            let extra: Vec<&str> = identities
+                .iter()
+                .flat_map(|i| ["--vault-identity", i])
+                .collect();
+            let (emu, url) = crate::common::exe::spawn_emulator(&ca, &extra, Stdio::inherit());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .unwrap();
+            let vault_url = rt.block_on(default_vault_url(&url, &ca));
             Env {
                 url,
                 vault_url,
