@@ -310,6 +310,52 @@ async fn wrap_unwrap_every_algorithm_and_refusals() {
 }
 
 #[tokio::test]
+async fn several_vaults_each_at_the_root_of_its_own_listener() {
+    let h = emulator::start(EmulatorConfig {
+        vault_identities: vec![ident("app", Some("p"), &["*"], false)],
+        vaults: vec![
+            ("blue".into(), "127.0.0.1:0".parse().unwrap()),
+            ("green".into(), "127.0.0.1:0".parse().unwrap()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (blue, green) = (h.vaults[0].url.clone(), h.vaults[1].url.clone());
+    assert_ne!(blue, green);
+    assert_eq!(h.vault_url(), blue, "the first vault is the default");
+    let c = client(&h, &sp_env(&h, "app", "p"));
+    let id = c
+        .set_secret(&format!("{blue}/secrets/s"), &SecretString::new("b"))
+        .await
+        .unwrap();
+    assert!(id.starts_with(&format!("{blue}/secrets/s/")), "{id}");
+    // Vaults do not share objects.
+    let e = c
+        .get_secret(&format!("{green}/secrets/s"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VaultError::NotFound { .. }), "{e}");
+    let st = admin(&h, "/__admin/vault", serde_json::Value::Null).await;
+    assert_eq!(st["vault_url"], blue.as_str(), "{st}");
+    assert_eq!(
+        st["vaults"],
+        json!([{"name":"blue","url":blue},{"name":"green","url":green}]),
+        "{st}"
+    );
+    // Disabling in a named vault.
+    admin(
+        &h,
+        "/__admin/vault/enabled",
+        json!({"vault":"blue","kind":"secrets","name":"s","enabled":false}),
+    )
+    .await;
+    let e = c.get_secret(&id).await.unwrap_err();
+    assert!(matches!(e, VaultError::Disabled { .. }), "{e}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn tokens_are_refreshed_before_they_expire() {
     let h = start(vec![ident("app", Some("p"), &["*"], false)], Some(2)).await;
     let c = client(&h, &sp_env(&h, "app", "p"));
