@@ -1685,7 +1685,7 @@ async fn copy_source_bearer_authorization() {
     let token = |id: &'static str| {
         let c = &c;
         let url = format!(
-            "{}/__entra/{}/oauth2/v2.0/token",
+            "{}/{}/oauth2/v2.0/token",
             c.base,
             emulator::token::DEFAULT_TENANT
         );
