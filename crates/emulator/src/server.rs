@@ -281,7 +281,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, io::Error> {
     let raw_path = req.uri().path().to_string();
-    if super::keyvault::owns(&raw_path) {
+    if shared.kv.owns(&raw_path) {
         let base = shared.base_url.lock().unwrap().clone();
         return Ok(super::keyvault::handle(&shared.kv, &base, req).await);
     }
