@@ -156,6 +156,14 @@ fn join(dir: &str, name: &str) -> String {
 
 impl Fs {
     pub fn new(client: BlobClient, cfg: FsConfig) -> Arc<Fs> {
+        // The keys belong to the ring alone. A client configured with a key
+        // (tests, older callers) next to an empty ring would make this mount
+        // write plain blobs without a word: refuse that mistake loudly.
+        assert!(
+            client.cpk().is_none() || !cfg.keyring.is_empty(),
+            "Fs::new: the client carries a customer-provided key but FsConfig.keyring is empty; \
+             put the keys in FsConfig.keyring"
+        );
         let key = cfg.keyring.current().cloned();
         let root = Attr::new_dir(&cfg.defaults);
         let wctx = WriteContext {
