@@ -76,9 +76,15 @@ fn keyring_reads_old_keys_and_survives_rotation_under_a_mount() {
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
+    let stale = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let (stop, failures, reads, mnt) =
-            (stop.clone(), failures.clone(), reads.clone(), m.mnt.clone());
+        let (stop, failures, reads, stale, mnt) = (
+            stop.clone(),
+            failures.clone(),
+            reads.clone(),
+            stale.clone(),
+            m.mnt.clone(),
+        );
         std::thread::spawn(move || {
             let mut detail = String::new();
             while !stop.load(Ordering::Relaxed) {
@@ -87,8 +93,22 @@ fn keyring_reads_old_keys_and_survives_rotation_under_a_mount() {
                         .arg(mnt.join(format!("k/f{i:02}")))
                         .output()
                         .unwrap();
-                    if out.status.success() && out.stdout == pattern(size_of(i), i as u64) {
+                    let ok = |o: &std::process::Output| {
+                        o.status.success() && o.stdout == pattern(size_of(i), i as u64)
+                    };
+                    if ok(&out) {
                         reads.fetch_add(1, Ordering::Relaxed);
+                    } else if String::from_utf8_lossy(&out.stderr).contains("Stale file handle")
+                        && ok(&Command::new("cat")
+                            .arg(mnt.join(format!("k/f{i:02}")))
+                            .output()
+                            .unwrap())
+                    {
+                        // SEMANTICS: a descriptor that has returned bytes
+                        // fails with ESTALE when the blob is re-keyed under
+                        // it (a multi-block file re-keyed mid-read); a
+                        // reopen reads the new version. Anything else fails.
+                        stale.fetch_add(1, Ordering::Relaxed);
                     } else {
                         failures.fetch_add(1, Ordering::Relaxed);
                         detail = format!("f{i:02}: {}", String::from_utf8_lossy(&out.stderr));
@@ -132,6 +152,11 @@ fn keyring_reads_old_keys_and_survives_rotation_under_a_mount() {
         0,
         "reads through the mount failed during rotation ({detail}); log:\n{}",
         m.log_tail()
+    );
+    eprintln!(
+        "rotation under reads: {} reads, {} ESTALE mid-read then a good reopen",
+        reads.load(Ordering::Relaxed),
+        stale.load(Ordering::Relaxed)
     );
     assert!(
         reads.load(Ordering::Relaxed) >= 29,

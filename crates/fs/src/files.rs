@@ -291,7 +291,7 @@ impl Fs {
             match client.read_range(&path, ByteRange::new(start, end), cpk.as_deref(), &Conditions::if_match(etag.clone())).await {
                 Ok((bytes, _)) if bytes.len() as u64 == end - start => Ok(bytes),
                 Ok(_) => Err(Arc::new(FsError::Stale(format!("{path}: the blob is shorter than when it was opened")))),
-                Err(e) if e.status() == Some(412) || matches!(e, cpkfs_blob::BlobError::Changed { .. }) => {
+                Err(e) if changed_under_pin(&e) => {
                     tracing::warn!(path = %path, etag = %etag, "blob changed since it was opened; failing the read with ESTALE");
                     Err(Arc::new(FsError::Stale(format!("{path}: the blob changed since it was opened (ETag {etag})"))))
                 }
@@ -355,7 +355,7 @@ impl Fs {
                 )
                 .await
                 .map_err(|e| {
-                    if e.status() == Some(412) {
+                    if changed_under_pin(&e) {
                         FsError::Stale(format!("{path}: the blob changed since it was opened"))
                     } else {
                         e.into()
@@ -826,6 +826,17 @@ impl Fs {
         st.expires = self.expiry();
         Ok(r.etag)
     }
+}
+
+/// A read pinned with If-Match to the version a handle opened was refused
+/// because that version is gone: 412, or a key mismatch — the key sent is the
+/// one the pinned version was under, so a mismatch means the blob was
+/// replaced or re-keyed since (rotate-cpk). The service may check the key
+/// before the ETag, so both must read as ESTALE, not EACCES.
+fn changed_under_pin(e: &cpkfs_blob::BlobError) -> bool {
+    e.status() == Some(412)
+        || e.is_code("BlobCustomerSpecifiedEncryptionMismatch")
+        || matches!(e, cpkfs_blob::BlobError::Changed { .. })
 }
 
 impl FsError {
