@@ -52,7 +52,9 @@ impl Fs {
         match node.kind() {
             Kind::Dir => return Err(FsError::IsDir),
             Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
-            Kind::File => {}
+            // The kernel opens FIFOs and devices itself; never sent here.
+            k if k.is_special() => return Err(FsError::Invalid("open of a special file")),
+            _ => {}
         }
         if write && self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -80,7 +82,10 @@ impl Fs {
                 if let Outcome::NeedsCommit = ws.truncate(&self.wctx, &path, 0).await? {
                     unreachable!("truncation to zero never needs a commit");
                 }
-                node.state.lock().unwrap().attr.mtime = SystemTime::now();
+                let now = SystemTime::now();
+                let mut st = node.state.lock().unwrap();
+                st.attr.mtime = now;
+                st.attr.ctime = now;
             }
         }
         Ok(self.new_handle(ino, write, s.etag, s.attr.size, cpk))
@@ -103,16 +108,7 @@ impl Fs {
         if pnode.kind() != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let now = SystemTime::now();
-        let attr = Attr {
-            kind: Kind::File,
-            size: 0,
-            perm: (mode & 0o7777) as u16,
-            uid,
-            gid,
-            mtime: now,
-            ctime: now,
-        };
+        let attr = Attr::new(Kind::File, (mode & 0o7777) as u16, uid, gid);
         let st = super::inode::InodeState {
             parent,
             name: name.to_string(),
@@ -123,10 +119,16 @@ impl Fs {
             meta_known: true,
             unlinked: false,
             local_etag: None,
+            local_times: false,
         };
+        // The commit will carry If-None-Match: a blob left for descriptors
+        // of an unlinked file of this name must go first.
+        self.reclaim_name(&super::join(&self.path_of(parent)?, name))
+            .await;
         let node = self.inodes.upsert(parent, name, st);
         *node.write.lock().await = Some(WriteSession::new_empty(None));
         let fh = self.new_handle(node.ino, true, None, 0, None);
+        self.dir_changed(parent);
         Ok((
             Entry {
                 ino: node.ino,
@@ -421,7 +423,9 @@ impl Fs {
     fn note_written(node: &Inode, h: &FileHandle, size: u64) {
         let mut s = node.state.lock().unwrap();
         s.attr.size = size;
-        s.attr.mtime = SystemTime::now();
+        let now = SystemTime::now();
+        s.attr.mtime = now;
+        s.attr.ctime = now;
         h.wrote.store(true, Ordering::Relaxed);
     }
 
@@ -508,6 +512,7 @@ impl Fs {
             .unwrap()
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
+        self.release_unlinked(ino).await;
         if !h.writable {
             return Ok(());
         }
@@ -570,9 +575,11 @@ impl Fs {
                 }
             }
             {
+                let now = SystemTime::now();
                 let mut st = node.state.lock().unwrap();
                 st.attr.size = size;
-                st.attr.mtime = set.mtime.unwrap_or_else(SystemTime::now);
+                st.attr.mtime = set.mtime.unwrap_or(now);
+                st.attr.ctime = now;
             }
             if opened_here {
                 let res = self.commit_locked(&node, ws, &path).await;
@@ -580,8 +587,11 @@ impl Fs {
                 res?;
             }
         }
-        let changes_meta =
-            set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
+        let changes_meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.mtime.is_some()
+            || set.atime.is_some();
         if changes_meta {
             {
                 let mut st = node.state.lock().unwrap();
@@ -596,6 +606,9 @@ impl Fs {
                 }
                 if let Some(t) = set.mtime {
                     st.attr.mtime = t;
+                }
+                if let Some(t) = set.atime {
+                    st.attr.atime = t;
                 }
                 st.attr.ctime = SystemTime::now();
             }
@@ -613,6 +626,10 @@ impl Fs {
 
     /// Store the inode's mode/uid/gid/mtime in its blob's metadata.
     async fn persist_attrs(&self, node: &Inode, path: &str) -> FsResult<()> {
+        if node.snapshot().unlinked {
+            // fchmod/futimens of an unlinked file: nothing to store it in.
+            return Ok(());
+        }
         let mut w = node.write.lock().await;
         if let Some(ws) = w.as_mut() {
             match ws.base_etag() {
@@ -650,6 +667,8 @@ impl Fs {
                 let mut st = node.state.lock().unwrap();
                 st.etag = Some(r.etag);
                 st.expires = self.expiry();
+                // The marker now holds the times entry changes moved.
+                st.local_times = false;
             }
             (_, Some(_)) => {
                 self.set_metadata_in_place(node, path, None).await?;
