@@ -437,6 +437,50 @@ impl Filesystem for FuseAdapter {
         self.reply_empty("fsync", reply, async move { fs.fsync(ino.0, fh.0).await });
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.reply_empty("fallocate", reply, async move {
+            fs.fallocate(ino.0, fh.0, offset, length, mode).await
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs
+                .copy_file_range(
+                    ino_in.0, fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len,
+                )
+                .await
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno("copy_file_range", &e)),
+            }
+        });
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),

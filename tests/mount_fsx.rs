@@ -86,3 +86,92 @@ fn fsx_20000_ops() {
     assert_eq!(p.content_length, local);
     eprintln!("fsx_20000_ops: {:?}", t0.elapsed());
 }
+
+/// copy_file_range and fallocate are the mount's own (issue #15), not the
+/// kernel's read+write and glibc's zero-writing fallbacks: a copy of a file
+/// whose blocks are cached makes no GET, posix_fallocate extends with zeros,
+/// and hole punching stays refused with EOPNOTSUPP.
+#[test]
+fn copy_file_range_and_fallocate_are_served_by_the_mount() {
+    let m = Mount::emulator(); // 1 MiB blocks
+    let n = 3 * 1024 * 1024 + 5;
+    let data = common::pattern(n, 15);
+    std::fs::write(m.scratch.join("src"), &data).unwrap();
+    // The source is written over REST, so the kernel's page cache does not
+    // hold it: every byte the copies need comes through the mount.
+    let key = m.key.clone().unwrap();
+    let c = m.client(Some(key.clone()));
+    m.block_on(c.put_blob("src", data.into(), &Default::default(), Some(&key)))
+        .unwrap();
+    let py = r#"
+import os, sys
+m = os.environ["M"]
+n = os.path.getsize(m + "/src")
+with open(m + "/src", "rb") as s, open(m + "/" + sys.argv[1], "wb") as d:
+    done = 0
+    while done < n:
+        c = os.copy_file_range(s.fileno(), d.fileno(), n - done)
+        if c == 0:
+            break
+        done += c
+    assert done == n, (done, n)
+print("ok")
+"#;
+    std::fs::write(m.scratch.join("cfr.py"), py).unwrap();
+    m.reset_stats();
+    let out = m.sh("python3 cfr.py dst", 120);
+    assert!(out.contains("ok"), "{out}");
+    // Each of the 4 blocks fetched once (read-ahead included), never twice.
+    assert!(m.op_count("GetBlob") <= 4, "first copy: {}", m.stats());
+    m.reset_stats();
+    let out = m.sh("python3 cfr.py dst2", 120);
+    assert!(out.contains("ok"), "{out}");
+    assert_eq!(
+        m.op_count("GetBlob"),
+        0,
+        "a copy from cached blocks made GETs: {}",
+        m.stats()
+    );
+    m.sh("cmp src $M/dst && cmp src $M/dst2", 60);
+    let py = r#"
+import os
+m = os.environ["M"]
+with open(m + "/alloc", "wb") as f:
+    f.write(b"head")
+    os.posix_fallocate(f.fileno(), 0, 5 * 1024 * 1024)
+    assert os.fstat(f.fileno()).st_size == 5 * 1024 * 1024
+    # A range inside the file never shrinks it.
+    os.posix_fallocate(f.fileno(), 0, 10)
+    assert os.fstat(f.fileno()).st_size == 5 * 1024 * 1024
+print("ok")
+"#;
+    std::fs::write(m.scratch.join("alloc.py"), py).unwrap();
+    let out = m.sh("python3 alloc.py", 120);
+    assert!(out.contains("ok"), "{out}");
+    // What the service holds after close: the copy, and 5 MiB of "head" + zeros.
+    let mut want = b"head".to_vec();
+    want.resize(5 * 1024 * 1024, 0);
+    std::fs::write(m.scratch.join("alloc.want"), &want).unwrap();
+    m.sh("cmp alloc.want $M/alloc", 60);
+    let p = m
+        .block_on(c.get_blob_properties("alloc", Some(&key), &Default::default()))
+        .unwrap();
+    assert_eq!(p.content_length, 5 * 1024 * 1024);
+    // Hole punching is refused, and the file is untouched.
+    let punch = m.sh_status("fallocate -p -o 0 -l 4096 $M/alloc", 30);
+    assert!(!punch.status.success(), "hole punching succeeded");
+    let err = String::from_utf8_lossy(&punch.stderr);
+    // util-linux words EOPNOTSUPP as "keep size mode is unsupported" for -p.
+    assert!(
+        err.contains("unsupported") || err.contains("not supported"),
+        "{err}"
+    );
+    m.sh("cmp alloc.want $M/alloc", 60);
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(
+        !log.contains("[Not Implemented] copy_file_range")
+            && !log.contains("[Not Implemented] fallocate"),
+        "the kernel fell back:\n{}",
+        m.log_tail()
+    );
+}

@@ -14,6 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+/// Most bytes one copy_file_range request copies (see `Fs::copy_file_range`).
+const MAX_COPY: u64 = 1 << 30;
+
 impl Fs {
     fn handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
         self.handles
@@ -66,29 +69,41 @@ impl Fs {
         {
             self.getattr(ino).await?;
         }
-        let s = node.snapshot();
         let path = self.path_of(ino)?;
-        let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
-        if write {
-            let mut w = node.write.lock().await;
-            if w.is_none() {
-                *w = Some(match &s.etag {
-                    Some(e) => WriteSession::existing(e.clone(), s.attr.size, cpk.clone()),
-                    None => WriteSession::new_empty(None),
-                });
-            }
-            if truncate {
-                let ws = w.as_mut().unwrap();
-                if let Outcome::NeedsCommit = ws.truncate(&self.wctx, &path, 0).await? {
-                    unreachable!("truncation to zero never needs a commit");
-                }
-                let now = SystemTime::now();
-                let mut st = node.state.lock().unwrap();
-                st.attr.mtime = now;
-                st.attr.ctime = now;
-            }
+        if !write {
+            let s = node.snapshot();
+            let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
+            return Ok(self.new_handle(ino, false, s.etag, s.attr.size, cpk));
         }
-        Ok(self.new_handle(ino, write, s.etag, s.attr.size, cpk))
+        let mut w = node.write.lock().await;
+        // Read the state under the write lock: a commit by another handle
+        // may have moved the ETag since any snapshot taken before it.
+        let s = node.snapshot();
+        let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
+        if w.is_none() {
+            *w = Some(match &s.etag {
+                Some(e) => WriteSession::existing(e.clone(), s.attr.size, cpk.clone()),
+                None => WriteSession::new_empty(None),
+            });
+        }
+        if truncate {
+            let ws = w.as_mut().unwrap();
+            if let Outcome::NeedsCommit = ws.truncate(&self.wctx, &path, 0).await? {
+                unreachable!("truncation to zero never needs a commit");
+            }
+            let now = SystemTime::now();
+            let mut st = node.state.lock().unwrap();
+            st.attr.mtime = now;
+            st.attr.ctime = now;
+        }
+        #[cfg(test)]
+        super::pause::point("open: session decided").await;
+        // Register the handle before the write lock is released: `release`
+        // of another handle decides under this lock whether the session
+        // still has writers, so it must see this one (issue #15: a handle
+        // registered just after that check found no session and every
+        // write through it failed with EBADF).
+        Ok(self.new_handle(ino, true, s.etag, s.attr.size, cpk))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -126,8 +141,11 @@ impl Fs {
         self.reclaim_name(&super::join(&self.path_of(parent)?, name))
             .await;
         let node = self.inodes.upsert(parent, name, st);
-        *node.write.lock().await = Some(WriteSession::new_empty(None));
+        let mut w = node.write.lock().await;
+        *w = Some(WriteSession::new_empty(None));
+        // Registered under the write lock, as in `open`.
         let fh = self.new_handle(node.ino, true, None, 0, None);
+        drop(w);
         self.dir_changed(parent);
         Ok((
             Entry {
@@ -419,6 +437,112 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// Set the size of the file whose session `ws` is (write lock held):
+    /// extend with zeros or cut, committing first when the cut falls inside
+    /// blocks already staged.
+    async fn resize_locked(
+        &self,
+        node: &Inode,
+        ws: &mut WriteSession,
+        path: &str,
+        size: u64,
+    ) -> FsResult<()> {
+        loop {
+            match ws.truncate(&self.wctx, path, size).await? {
+                Outcome::Done => return Ok(()),
+                Outcome::NeedsCommit => {
+                    let r = self.commit_locked(node, ws, path).await?;
+                    let sz = ws.size();
+                    *ws = WriteSession::existing(r, sz, self.key.clone());
+                }
+            }
+        }
+    }
+
+    /// fallocate(2) on an open handle. Blob storage has no space to reserve
+    /// and no holes, so mode 0 only extends the file with zeros to
+    /// `offset + len` (never shrinks it) and `FALLOC_FL_KEEP_SIZE` alone has
+    /// nothing to do. Punching holes and zeroing, collapsing or inserting
+    /// ranges are refused with EOPNOTSUPP (callers such as glibc's
+    /// posix_fallocate fall back on their own).
+    pub async fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Err(FsError::BadHandle);
+        }
+        match mode {
+            0 => {}
+            libc::FALLOC_FL_KEEP_SIZE => return Ok(()),
+            _ => {
+                return Err(FsError::Unsupported(
+                    "fallocate modes other than 0 and KEEP_SIZE (blobs have no holes)",
+                ))
+            }
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or(FsError::Invalid("fallocate range overflows"))?;
+        let node = self.node(ino)?;
+        let path = self.path_of(ino)?;
+        let mut w = node.write.lock().await;
+        let ws = w.as_mut().ok_or(FsError::BadHandle)?;
+        if end > ws.size() {
+            self.resize_locked(&node, ws, &path, end).await?;
+            Self::note_written(&node, &h, ws.size());
+        }
+        Ok(())
+    }
+
+    /// copy_file_range(2) between two open handles of this mount: the
+    /// source is read like `read` (block cache, read-ahead, or the pending
+    /// writes of a file being written) and written into the destination's
+    /// write session, so the bytes cross the FUSE boundary not at all instead
+    /// of twice. Returns the bytes copied: fewer than asked at the source's
+    /// end, and at most `MAX_COPY` per call (the kernel's reply is 32-bit and
+    /// callers loop on short copies).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy_file_range(
+        &self,
+        ino_in: u64,
+        fh_in: u64,
+        offset_in: u64,
+        ino_out: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> FsResult<u32> {
+        if !self.handle(fh_out)?.writable {
+            return Err(FsError::BadHandle);
+        }
+        self.handle(fh_in)?;
+        let len = len.min(MAX_COPY);
+        let chunk = self.cfg.block_size.clamp(64 * 1024, MAX_COPY);
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(chunk);
+            let data = self
+                .read(ino_in, fh_in, offset_in + done, want as u32)
+                .await?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(ino_out, fh_out, offset_out + done, &data)
+                .await?;
+            done += data.len() as u64;
+            if (data.len() as u64) < want {
+                break; // the source ended
+            }
+        }
+        Ok(done as u32)
+    }
+
     /// After a write: the file's size and mtime, and the handle has written.
     fn note_written(node: &Inode, h: &FileHandle, size: u64) {
         let mut s = node.state.lock().unwrap();
@@ -506,17 +630,23 @@ impl Fs {
     }
 
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
-        let h = self
+        let writable = self
             .handles
             .lock()
             .unwrap()
-            .remove(&fh)
+            .get(&fh)
+            .map(|h| h.writable)
             .ok_or(FsError::BadHandle)?;
-        self.release_unlinked(ino).await;
-        if !h.writable {
-            return Ok(());
-        }
-        let node = self.node(ino)?;
+        let node = match self.node(ino) {
+            Ok(node) if writable => node,
+            other => {
+                self.handles.lock().unwrap().remove(&fh);
+                // The last descriptor of a file unlinked while open: its
+                // blob goes now.
+                self.release_unlinked(ino).await;
+                return other.map(|_| ());
+            }
+        };
         // Commit and drop the session under one hold of the write lock: the
         // kernel sends RELEASE asynchronously after close(), so a chmod or
         // utimens (e.g. rsync's, right after closing its temp file) may
@@ -524,6 +654,10 @@ impl Fs {
         // commit. Releasing the lock in between would let that change be
         // dropped with the session.
         let mut w = node.write.lock().await;
+        // Unregister under the write lock, the same lock `open` and `create`
+        // register under: whether other writers remain is then decided on a
+        // table no open can change meanwhile.
+        self.handles.lock().unwrap().remove(&fh);
         let res = match w.as_mut() {
             Some(ws) if ws.is_dirty() || ws.failed().is_some() => match self.path_of(ino) {
                 Ok(path) => self.commit_locked(&node, ws, &path).await.map(|_| ()),
@@ -540,6 +674,8 @@ impl Fs {
         if !others {
             *w = None;
         }
+        drop(w);
+        self.release_unlinked(ino).await;
         res
     }
 
@@ -564,16 +700,7 @@ impl Fs {
                 });
             }
             let ws = w.as_mut().unwrap();
-            loop {
-                match ws.truncate(&self.wctx, &path, size).await? {
-                    Outcome::Done => break,
-                    Outcome::NeedsCommit => {
-                        let r = self.commit_locked(&node, ws, &path).await?;
-                        let sz = ws.size();
-                        *ws = WriteSession::existing(r, sz, self.key.clone());
-                    }
-                }
-            }
+            self.resize_locked(&node, ws, &path, size).await?;
             {
                 let now = SystemTime::now();
                 let mut st = node.state.lock().unwrap();
@@ -736,5 +863,164 @@ impl FsError {
             FsError::NotFound => FsError::NotFound,
             _ => self,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The write-handle bookkeeping driven directly (no kernel) against the
+    //! in-process emulator.
+
+    use super::super::pause;
+    use super::super::{Fs, FsConfig};
+    use crate::blob::*;
+    use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn fs_on_emulator() -> (EmulatorHandle, Arc<Fs>) {
+        let emu = emulator::start(EmulatorConfig::default()).await.unwrap();
+        let cred = Credential::SharedKey(Arc::new(
+            SharedKeyCredential::new(
+                DEV_ACCOUNT,
+                vec![AccountKey::from_base64(DEV_ACCOUNT_KEY).unwrap()],
+            )
+            .unwrap(),
+        ));
+        let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, "handles", cred);
+        cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
+        cfg.cpk = Some(Arc::new(CustomerKey::from_raw([7; 32])));
+        cfg.retry.base_delay = Duration::from_millis(10);
+        let client = BlobClient::new(cfg).unwrap();
+        client.create_container().await.unwrap();
+        let fs = Fs::new(
+            client,
+            FsConfig {
+                block_size: 64 * 1024,
+                ..FsConfig::default()
+            },
+        );
+        (emu, fs)
+    }
+
+    /// Issue #15, the schedule fsx hit by chance: close() of one descriptor
+    /// sends RELEASE asynchronously, and the next open() of the same file
+    /// arrives meanwhile. The RELEASE is handled after the OPEN has decided
+    /// to keep the existing write session but before the OPEN's handle was
+    /// registered: with the session dropped, every write through the new
+    /// descriptor failed with EBADF. The pause point holds the OPEN exactly
+    /// there while the RELEASE runs as far as it can.
+    #[tokio::test(flavor = "current_thread")]
+    async fn release_racing_open_keeps_the_session_of_the_new_handle() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "f", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, a, 0, b"first").await.unwrap();
+        fs.flush(e.ino, a).await.unwrap();
+
+        let (reached, resume) = pause::arm("open: session decided");
+        let open_b = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.open(e.ino, true, false).await }
+        });
+        reached.await.unwrap();
+        let release_a = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.release(e.ino, a).await }
+        });
+        // Let the RELEASE run until it finishes or waits for the write lock
+        // (nothing else is runnable on this single-threaded runtime).
+        for _ in 0..100 {
+            if release_a.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        resume.send(()).unwrap();
+        let b = open_b.await.unwrap().unwrap();
+        release_a.await.unwrap().unwrap();
+
+        fs.write(e.ino, b, 5, b" second").await.unwrap();
+        fs.flush(e.ino, b).await.unwrap();
+        let got = fs.read(e.ino, b, 0, 64).await.unwrap();
+        assert_eq!(&got[..], b"first second");
+        fs.release(e.ino, b).await.unwrap();
+    }
+
+    /// Two writable handles of one file: releasing one (after its close
+    /// committed) leaves the other writing, and the last release ends the
+    /// session after committing what is pending.
+    #[tokio::test]
+    async fn two_writers_share_one_session_until_the_last_release() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "g", 0o644, 0, 0).await.unwrap();
+        let b = fs.open(e.ino, true, false).await.unwrap();
+        fs.write(e.ino, a, 0, b"aaaa").await.unwrap();
+        fs.flush(e.ino, a).await.unwrap();
+        fs.release(e.ino, a).await.unwrap();
+        fs.write(e.ino, b, 4, b"bbbb").await.unwrap();
+        // A write through a released handle is refused, not applied.
+        assert!(matches!(
+            fs.write(e.ino, a, 0, b"x").await,
+            Err(super::FsError::BadHandle)
+        ));
+        fs.release(e.ino, b).await.unwrap();
+        let r = fs.open(e.ino, false, false).await.unwrap();
+        assert_eq!(&fs.read(e.ino, r, 0, 64).await.unwrap()[..], b"aaaabbbb");
+        fs.release(e.ino, r).await.unwrap();
+    }
+
+    /// fallocate mode 0 extends with zeros and never shrinks; KEEP_SIZE is
+    /// a no-op; hole punching is refused with EOPNOTSUPP.
+    #[tokio::test]
+    async fn fallocate_extends_only() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "h", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, a, 0, b"head").await.unwrap();
+        fs.fallocate(e.ino, a, 0, 100_000, 0).await.unwrap();
+        fs.fallocate(e.ino, a, 0, 10, 0).await.unwrap();
+        fs.fallocate(e.ino, a, 0, 500_000, libc::FALLOC_FL_KEEP_SIZE)
+            .await
+            .unwrap();
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let err = fs.fallocate(e.ino, a, 0, 4, punch).await.unwrap_err();
+        assert_eq!(err.errno(), libc::EOPNOTSUPP);
+        fs.release(e.ino, a).await.unwrap();
+        assert_eq!(fs.getattr(e.ino).await.unwrap().attr.size, 100_000);
+        let r = fs.open(e.ino, false, false).await.unwrap();
+        let got = fs.read(e.ino, r, 0, 200_000).await.unwrap();
+        let mut want = b"head".to_vec();
+        want.resize(100_000, 0);
+        assert!(got[..] == want[..], "fallocate: wrong content");
+    }
+
+    /// copy_file_range copies within one file and across files, and stops
+    /// short at the source's end.
+    #[tokio::test]
+    async fn copy_file_range_copies_through_the_cache() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (e, a) = fs.create(1, "src", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, a, 0, &data).await.unwrap();
+        fs.release(e.ino, a).await.unwrap();
+        let s = fs.open(e.ino, false, false).await.unwrap();
+        let (d, w) = fs.create(1, "dst", 0o644, 0, 0).await.unwrap();
+        // Asks for more than there is: the copy ends with the source.
+        let n = fs
+            .copy_file_range(e.ino, s, 0, d.ino, w, 0, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(n as usize, data.len());
+        // Within one file, non-overlapping: dst[300000..300100] = dst[0..100].
+        let n = fs
+            .copy_file_range(d.ino, w, 0, d.ino, w, 300_000, 100)
+            .await
+            .unwrap();
+        assert_eq!(n, 100);
+        fs.release(d.ino, w).await.unwrap();
+        let r = fs.open(d.ino, false, false).await.unwrap();
+        let got = fs.read(d.ino, r, 0, 400_000).await.unwrap();
+        let mut want = data.clone();
+        want.extend_from_slice(&data[..100]);
+        assert!(got[..] == want[..], "copy_file_range: wrong content");
     }
 }

@@ -767,3 +767,37 @@ impl Fs {
         Ok(self.node(ino)?.snapshot().cpk_sha256)
     }
 }
+
+/// Named points where a test can hold an operation (`arm`), to run another
+/// operation in exactly the interleaving a race needs. Compiled into tests
+/// only; a point nobody armed costs one lock.
+#[cfg(test)]
+pub(crate) mod pause {
+    use std::sync::Mutex;
+    use tokio::sync::oneshot;
+
+    type Gate = (&'static str, oneshot::Sender<()>, oneshot::Receiver<()>);
+    static GATES: Mutex<Vec<Gate>> = Mutex::new(Vec::new());
+
+    /// The next task reaching `point` signals the first receiver, then waits
+    /// until the returned sender is used.
+    pub fn arm(point: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (resume_tx, resume_rx) = oneshot::channel();
+        GATES.lock().unwrap().push((point, reached_tx, resume_rx));
+        (reached_rx, resume_tx)
+    }
+
+    pub async fn point(name: &'static str) {
+        let gate = {
+            let mut g = GATES.lock().unwrap();
+            g.iter()
+                .position(|(n, ..)| *n == name)
+                .map(|i| g.swap_remove(i))
+        };
+        if let Some((_, reached, resume)) = gate {
+            let _ = reached.send(());
+            let _ = resume.await;
+        }
+    }
+}
