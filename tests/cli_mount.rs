@@ -2,6 +2,9 @@
 //! and a non-zero exit; `mount -t fuse.cpkfs`, `mount -a -T fstab`, `umount`;
 //! SIGTERM during a copy loses nothing that close() acknowledged.
 
+#[path = "common/exe.rs"]
+mod exe;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ struct Emu {
 impl Emu {
     fn start(http: bool) -> Emu {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cpkfs-emulator"));
+        let mut cmd = Command::new(exe::emulator_exe());
         cmd.args(["--listen", "127.0.0.1:0", "--ca-out"])
             .arg(dir.path().join("ca.pem"));
         if http {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use common::emu::{drain, random_key, Emu};
 use common::*;
 use cpkfs::blob::*;
-use cpkfs::emulator::{EmulatorConfig, DEV_KEY1, DEV_KEY2};
+use cpkfs_emulator::{EmulatorConfig, DEV_KEY1, DEV_KEY2};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -3,7 +3,9 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use cpkfs::emulator::{self, EmulatorConfig, EmulatorHandle, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2};
+use cpkfs_emulator::{
+    self as emulator, EmulatorConfig, EmulatorHandle, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2,
+};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 

@@ -7,7 +7,7 @@ mod common;
 #[path = "common/mount.rs"]
 mod mount;
 
-use cpkfs::emulator::{DEV_KEY1, DEV_KEY2};
+use cpkfs_emulator::{DEV_KEY1, DEV_KEY2};
 use mount::Mount;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -5,9 +5,9 @@
 mod common;
 
 use cpkfs::blob::secret::SecretString;
-use cpkfs::emulator::token::Identity;
-use cpkfs::emulator::{self, EmulatorConfig, EmulatorHandle};
 use cpkfs::keyvault::{TokenSource, VaultClient, VaultError, VaultOptions};
+use cpkfs_emulator::token::Identity;
+use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -356,7 +356,7 @@ mod mounts {
         pub fn start(identities: &[&str]) -> Env {
             let dir = tempfile::tempdir().unwrap();
             let ca = dir.path().join("ca.pem");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cpkfs-emulator"));
+            let mut cmd = Command::new(crate::common::exe::emulator_exe());
             cmd.args(["--listen", "127.0.0.1:0", "--ca-out"]).arg(&ca);
             for i in identities {
                 cmd.args(["--vault-identity", i]);

@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use cpkfs::blob::*;
-use cpkfs::emulator::{start, EmulatorConfig};
+use cpkfs_emulator::{start, EmulatorConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

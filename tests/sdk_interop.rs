@@ -6,7 +6,7 @@ mod common;
 use common::emu::{drain, random_key, Emu};
 use common::*;
 use cpkfs::blob::*;
-use cpkfs::emulator::DEV_KEY1;
+use cpkfs_emulator::DEV_KEY1;
 use std::path::Path;
 
 struct Sdk<'a> {

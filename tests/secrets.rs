@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::emu::{drain, random_key, Emu};
 use common::*;
 use cpkfs::blob::*;
-use cpkfs::emulator::DEV_KEY1;
+use cpkfs_emulator::DEV_KEY1;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 

@@ -4,7 +4,7 @@
 
 use super::{fast_retry, unique};
 use cpkfs::blob::*;
-use cpkfs::emulator::{self, EmulatorConfig, EmulatorHandle};
+use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -65,7 +65,7 @@ impl Emu {
     pub fn spawn() -> Emu {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cpkfs-emulator"))
+        let mut child = Command::new(super::exe::emulator_exe())
             .args(["--listen", "127.0.0.1:0", "--ca-out"])
             .arg(&ca)
             .stdout(Stdio::piped())

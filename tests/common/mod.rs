@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod azurite;
 pub mod emu;
+pub mod exe;
 
 use cpkfs::blob::*;
 use std::sync::Arc;

@@ -100,7 +100,7 @@ pub fn is_mounted(p: &Path) -> bool {
 /// Start `cpkfs-emulator` on a free port; returns (child, base URL, CA PEM).
 fn start_emulator(dir: &Path) -> (Child, String, Vec<u8>) {
     let ca = dir.join("ca.pem");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cpkfs-emulator"))
+    let mut child = Command::new(crate::common::exe::emulator_exe())
         .args(["--listen", "127.0.0.1:0", "--ca-out"])
         .arg(&ca)
         .stdout(Stdio::piped())

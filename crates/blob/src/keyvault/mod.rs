@@ -3,7 +3,7 @@
 //! wrapped customer-provided key files ([`wrapped`]) and a blocking front end
 //! for synchronous callers ([`blocking`]).
 //!
-//! Secrets and tokens are held in [`crate::blob::secret`] types: Debug and
+//! Secrets and tokens are held in [`crate::secret`] types: Debug and
 //! Display print `<redacted>`, and nothing here logs them.
 
 pub mod blocking;

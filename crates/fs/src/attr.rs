@@ -1,7 +1,7 @@
 //! POSIX attributes kept in blob metadata (so `rsync -a`, `cp -p`, `tar -x`
 //! keep modes and times), and blobfuse2's markers for directories and symlinks.
 
-use crate::blob::{BlobProperties, Metadata};
+use cpkfs_blob::{BlobProperties, Metadata};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const META_MODE: &str = "mode";

@@ -10,7 +10,7 @@
 
 use super::client::VaultClient;
 use super::VaultError;
-use crate::blob::CustomerKey;
+use crate::CustomerKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ pub enum UnwrapError {
     #[error("the key unwrapped with {kid} does not match the expected SHA-256: {0}", .source)]
     Hash {
         kid: String,
-        source: crate::blob::CpkError,
+        source: crate::CpkError,
     },
 }
 
@@ -108,7 +108,7 @@ impl WrappedKey {
             if exp.trim() != key.sha256() {
                 return Err(UnwrapError::Hash {
                     kid: self.kid.clone(),
-                    source: crate::blob::CpkError::HashMismatch {
+                    source: crate::CpkError::HashMismatch {
                         expected: exp.trim().to_string(),
                         actual: key.sha256().to_string(),
                     },

@@ -9,7 +9,7 @@
 
 use super::credential::{TokenCredential, TokenSource};
 use super::{VaultError, API_VERSION};
-use crate::blob::secret::{SecretBytes, SecretString};
+use crate::secret::{SecretBytes, SecretString};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use serde_json::{json, Value};

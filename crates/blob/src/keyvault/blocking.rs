@@ -1,5 +1,5 @@
 //! A Key Vault client for synchronous callers (mount set-up, the account-key
-//! reloader of [`crate::blob::SharedKeyCredential`]).
+//! reloader of [`crate::SharedKeyCredential`]).
 //!
 //! It owns a small runtime of its own, so the HTTP client's connections live
 //! on a runtime that outlives every call. Each call runs on a short-lived

@@ -106,7 +106,7 @@ pub fn string_to_sign(method: &Method, url: &Url, headers: &HeaderMap, account: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::credentials::AccountKey;
+    use crate::credentials::AccountKey;
     use http::HeaderValue;
 
     const KEY: &str =
@@ -159,7 +159,7 @@ mod tests {
             "http://127.0.0.1:10000/devstoreaccount1/mycontainer?restype=container&comp=list&prefix=a%2F&delimiter=%2F",
             &[("x-ms-date", DATE), ("x-ms-version", "2021-08-06")],
             "devstoreaccount1",
-            crate::blob::DEV_ACCOUNT_KEY,
+            crate::DEV_ACCOUNT_KEY,
             "GET\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:Fri, 01 Mar 2024 12:00:00 GMT\nx-ms-version:2021-08-06\n/devstoreaccount1/devstoreaccount1/mycontainer\ncomp:list\ndelimiter:/\nprefix:a/\nrestype:container",
             "MSAIU4HVKCFx6nl7w7fhYZ8KVA3HvPWIUl0rxTD+T7k=",
         );

@@ -4,8 +4,8 @@ use super::attr::{Attr, Kind};
 use super::error::{FsError, FsResult};
 use super::inode::InodeState;
 use super::{check_name, join, Entry, Fs};
-use crate::blob::{BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, ListOptions};
 use bytes::Bytes;
+use cpkfs_blob::{BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, ListOptions};
 use std::time::{Instant, SystemTime};
 
 impl Fs {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use cpkfs::emulator::{self, EmulatorConfig, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2};
+use cpkfs_emulator::{self as emulator, EmulatorConfig, DEV_ACCOUNT, DEV_KEY1, DEV_KEY2};
 
 /// Azure Blob Storage emulator with customer-provided-key (CPK) support.
 ///

@@ -11,11 +11,11 @@ pub mod inode;
 mod namespace;
 pub mod write;
 
-use crate::blob::{
-    BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata,
-};
 use attr::{Attr, AttrDefaults, Kind};
 use cache::BlockCache;
+use cpkfs_blob::{
+    BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata,
+};
 use dir::{DirEntry, DirHandle};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeState, InodeTable, ROOT_INO};

@@ -1,7 +1,7 @@
 //! The one place where failures become errno values. Every error keeps its
 //! cause (Azure code and request id included) for the log line.
 
-use crate::blob::BlobError;
+use cpkfs_blob::BlobError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -104,7 +104,7 @@ pub type FsResult<T> = Result<T, FsError>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::ServiceError;
+    use cpkfs_blob::ServiceError;
 
     fn svc(status: u16, code: &str) -> FsError {
         FsError::Blob(BlobError::Service(Box::new(ServiceError {

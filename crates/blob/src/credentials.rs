@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn rotation_walks_untried_keys() {
         let k1 = AccountKey::from_base64(K).unwrap();
-        let k2 = AccountKey::from_base64(crate::blob::DEV_ACCOUNT_KEY).unwrap();
+        let k2 = AccountKey::from_base64(crate::DEV_ACCOUNT_KEY).unwrap();
         let c = SharedKeyCredential::new("a", vec![k1.clone(), k2.clone()]).unwrap();
         let mut tried = vec![];
         assert_eq!(c.current().0, 0);

@@ -22,6 +22,8 @@ pub mod signing;
 pub mod upload;
 pub mod xml;
 
+pub mod keyvault;
+
 pub use block_id::BlockIdGen;
 pub use client::{BlobClient, BlobDownload, ClientConfig, Clock, ListPager, SystemClock};
 pub use cpk::{CpkError, CustomerKey};

@@ -4,7 +4,7 @@
 //! they expire (5 minutes ahead, or at half-life for short-lived tokens).
 
 use super::VaultError;
-use crate::blob::secret::SecretString;
+use crate::secret::SecretString;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -9,11 +9,11 @@
 //! blob stays in place until that single request succeeds.
 
 use super::error::{FsError, FsResult};
-use crate::blob::{
+use bytes::{Bytes, BytesMut};
+use cpkfs_blob::{
     BlobClient, BlobError, BlockIdGen, BlockListType, BlockRef, ByteRange, CommitOptions,
     Conditions, CustomerKey, WriteResult,
 };
-use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::sync::Arc;
 use tokio::sync::Semaphore;

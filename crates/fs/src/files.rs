@@ -7,8 +7,8 @@ use super::error::{FsError, FsResult};
 use super::inode::Inode;
 use super::write::{Outcome, ReadPiece, WriteSession};
 use super::{Entry, FileHandle, Fs, SetAttr};
-use crate::blob::{ByteRange, CommitOptions, Conditions, CustomerKey};
 use bytes::{Bytes, BytesMut};
+use cpkfs_blob::{ByteRange, CommitOptions, Conditions, CustomerKey};
 use futures::FutureExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -293,7 +293,7 @@ impl Fs {
             match client.read_range(&path, ByteRange::new(start, end), cpk.as_deref(), &Conditions::if_match(etag.clone())).await {
                 Ok((bytes, _)) if bytes.len() as u64 == end - start => Ok(bytes),
                 Ok(_) => Err(Arc::new(FsError::Stale(format!("{path}: the blob is shorter than when it was opened")))),
-                Err(e) if e.status() == Some(412) || matches!(e, crate::blob::BlobError::Changed { .. }) => {
+                Err(e) if e.status() == Some(412) || matches!(e, cpkfs_blob::BlobError::Changed { .. }) => {
                     tracing::warn!(path = %path, etag = %etag, "blob changed since it was opened; failing the read with ESTALE");
                     Err(Arc::new(FsError::Stale(format!("{path}: the blob changed since it was opened (ETag {etag})"))))
                 }
@@ -873,8 +873,8 @@ mod tests {
 
     use super::super::pause;
     use super::super::{Fs, FsConfig};
-    use crate::blob::*;
-    use crate::emulator::{self, EmulatorConfig, EmulatorHandle};
+    use cpkfs_blob::*;
+    use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
     use std::sync::Arc;
     use std::time::Duration;
 

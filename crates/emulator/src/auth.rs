@@ -1,6 +1,6 @@
 //! Shared Key and SAS verification, written from the protocol reference (§2).
 //!
-//! Deliberately independent of the REST client's signer in `crate::blob`.
+//! Deliberately independent of the REST client's signer in `cpkfs-blob`.
 
 use std::cmp::Ordering;
 
@@ -442,7 +442,7 @@ mod tests {
 
     #[test]
     fn vector_b_path_style() {
-        let dev = B64.decode(crate::emulator::DEV_KEY1).unwrap();
+        let dev = B64.decode(crate::DEV_KEY1).unwrap();
         let (p, q) = split(
             "/devstoreaccount1/mycontainer?restype=container&comp=list&prefix=a%2F&delimiter=%2F",
         );
