@@ -3,8 +3,11 @@
 //! with only machine-specific parts substituted: paths, the port, the
 //! binaries of this build first in PATH.
 
+#[path = "common/exe.rs"]
+mod exe;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,19 +36,10 @@ fn sh_blocks(md: &str) -> Vec<String> {
     out
 }
 
-/// PATH with this build's `cpkfs` and `cpkfs-emulator` first.
+/// PATH with this build's `cpkfs` and `cpkfs-emulator` (one directory) first.
 fn path_with_build() -> String {
-    let mut dirs: Vec<PathBuf> = [
-        env!("CARGO_BIN_EXE_cpkfs"),
-        env!("CARGO_BIN_EXE_cpkfs-emulator"),
-    ]
-    .iter()
-    .map(|p| Path::new(p).parent().unwrap().to_path_buf())
-    .collect();
-    dirs.dedup();
-    let mut p: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    p.push(std::env::var("PATH").unwrap_or_default());
-    p.join(":")
+    let dir = exe::emulator_exe().parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
 }
 
 fn free_port() -> u16 {
@@ -115,7 +109,7 @@ fn readme_emulator_command() {
     let args = args
         .replace("127.0.0.1:10000", "127.0.0.1:0")
         .replace("/tmp/emu-ca.pem", ca.to_str().unwrap());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cpkfs-emulator"))
+    let mut child = Command::new(exe::emulator_exe())
         .args(args.split_whitespace())
         .stdout(Stdio::piped())
         .spawn()

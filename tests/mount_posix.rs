@@ -1,7 +1,7 @@
 //! POSIX behaviours through a real FUSE mount (the kernel in the loop):
 //! special files made with the ordinary tools survive a remount, and an
 //! unlinked file stays usable through its open descriptor. The fs-core
-//! side of these is in tests/fs_posix.rs; the whole picture is pjdfstest
+//! side of these is in crates/fs/tests/posix.rs; the whole picture is pjdfstest
 //! (scripts/posix-conformance).
 
 mod common;

@@ -740,7 +740,7 @@ impl Fs {
         let path = self.path_of(node.ino)?;
         let s = node.snapshot();
         let Some(etag) = s.etag else { return Ok(()) };
-        let opts = crate::blob::CommitOptions {
+        let opts = cpkfs_blob::CommitOptions {
             content_type: None,
             metadata: s.attr.to_metadata(),
             conditions: Conditions::if_match(etag),

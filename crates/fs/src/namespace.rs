@@ -325,7 +325,7 @@ impl Fs {
         src: &str,
         dst: &str,
         cpk_sha256: Option<&str>,
-        set: Option<&crate::blob::Metadata>,
+        set: Option<&cpkfs_blob::Metadata>,
     ) -> FsResult<String> {
         match cpk_sha256 {
             None => {

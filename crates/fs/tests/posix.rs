@@ -2,52 +2,91 @@
 //! kernel) against the in-process emulator with a customer-provided key:
 //! special files, directory times on entry changes, atime/mtime/ctime,
 //! 64-bit times, unlink while open. A second `Fs` on the same container
-//! stands for a remount: it knows only what the service stores.
+//! stands for a remount: it knows only what the service stores. Through the
+//! kernel, the same is checked by tests/mount_posix.rs at the root and by
+//! pjdfstest (scripts/posix-conformance).
 
-mod common;
-
-use common::emu::{random_key, Emu};
-use common::unique;
-use cpkfs::blob::{BlobClient, Conditions, CustomerKey};
-use cpkfs::fs::attr::{Kind, META_FILE_TYPE, META_RDEV};
-use cpkfs::fs::{Fs, FsConfig, FsError, SetAttr};
+use cpkfs_blob::*;
+use cpkfs_emulator::{EmulatorConfig, EmulatorHandle};
+use cpkfs_fs::attr::{Kind, META_FILE_TYPE, META_RDEV};
+use cpkfs_fs::{Fs, FsConfig, FsError, SetAttr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ROOT: u64 = 1;
 
 struct World {
-    emu: Emu,
+    emu: EmulatorHandle,
     container: String,
     key: CustomerKey,
+    admin: reqwest::Client,
 }
 
 impl World {
     async fn new() -> World {
-        let emu = Emu::start().await;
-        let container = unique("posix");
-        emu.client(&container, None)
-            .create_container()
+        let emu = cpkfs_emulator::start(EmulatorConfig::default())
             .await
             .unwrap();
-        World {
+        let admin = reqwest::Client::builder()
+            .use_rustls_tls()
+            .no_proxy()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(emu.ca_pem.as_deref().unwrap().as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        // Any fixed key will do: each test has its own emulator.
+        let w = World {
             emu,
-            container,
-            key: random_key(),
-        }
+            container: "posix".into(),
+            key: CustomerKey::from_raw([0x5a; 32]),
+            admin,
+        };
+        w.rest(false).create_container().await.unwrap();
+        w
+    }
+
+    fn client(&self, cpk: Option<&CustomerKey>) -> BlobClient {
+        let cred = Credential::SharedKey(Arc::new(
+            SharedKeyCredential::new(
+                DEV_ACCOUNT,
+                vec![AccountKey::from_base64(DEV_ACCOUNT_KEY).unwrap()],
+            )
+            .unwrap(),
+        ));
+        let mut cfg = ClientConfig::new(&self.emu.url, DEV_ACCOUNT, &self.container, cred);
+        cfg.ca_pem = self.emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
+        cfg.cpk = cpk.map(|k| Arc::new(k.clone()));
+        cfg.retry.base_delay = Duration::from_millis(10);
+        BlobClient::new(cfg).unwrap()
     }
 
     /// A fresh mount of the container: nothing cached.
     fn mount(&self) -> Arc<Fs> {
-        Fs::new(
-            self.emu.client(&self.container, Some(&self.key)),
-            FsConfig::default(),
-        )
+        self.mount_with(FsConfig::default())
+    }
+
+    fn mount_with(&self, cfg: FsConfig) -> Arc<Fs> {
+        Fs::new(self.client(Some(&self.key)), cfg)
     }
 
     /// Plain REST access behind the mount's back.
     fn rest(&self, key: bool) -> BlobClient {
-        self.emu.client(&self.container, key.then_some(&self.key))
+        self.client(key.then_some(&self.key))
+    }
+
+    async fn reset_stats(&self) {
+        let url = format!("{}/__admin/stats", self.emu.url);
+        let r = self.admin.delete(url).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Requests of one operation since the last reset.
+    async fn count(&self, op: &str) -> u64 {
+        let url = format!("{}/__admin/stats", self.emu.url);
+        let r = self.admin.get(url).send().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        v["requests"][op].as_u64().unwrap_or(0)
     }
 }
 
@@ -188,17 +227,17 @@ async fn directory_times_move_on_entry_changes_without_extra_requests() {
     let sub = fs.mkdir(ROOT, "other", 0o755, 0, 0).await.unwrap().ino;
     let mut last = fs.getattr(d).await.unwrap().attr;
     let step = || tokio::time::sleep(Duration::from_millis(20));
-    let mut check = |what: &str, a: cpkfs::fs::attr::Attr| {
+    let mut check = |what: &str, a: cpkfs_fs::attr::Attr| {
         assert!(a.mtime > last.mtime, "{what}: mtime did not move");
         assert!(a.ctime > last.ctime, "{what}: ctime did not move");
         last = a;
     };
 
     step().await;
-    w.emu.reset_stats().await;
+    w.reset_stats().await;
     write_file(&fs, d, "f", b"x").await;
     // The create cost its commit only: no marker rewrite per entry change.
-    assert_eq!(w.emu.count("PutBlob").await, 1);
+    assert_eq!(w.count("PutBlob").await, 1);
     check("create", fs.getattr(d).await.unwrap().attr);
     step().await;
     fs.mkdir(d, "sub", 0o755, 0, 0).await.unwrap();
@@ -226,13 +265,10 @@ async fn directory_times_move_on_entry_changes_without_extra_requests() {
 
     // A refresh from the service (attributes expire) does not take the
     // times back: the marker still holds the mkdir times.
-    let fresh = Fs::new(
-        w.emu.client(&w.container, Some(&w.key)),
-        FsConfig {
-            attr_ttl: Duration::ZERO,
-            ..Default::default()
-        },
-    );
+    let fresh = w.mount_with(FsConfig {
+        attr_ttl: Duration::ZERO,
+        ..Default::default()
+    });
     let fd = fresh.lookup(ROOT, "d").await.unwrap().ino;
     let stored = fresh.getattr(fd).await.unwrap().attr;
     assert!(stored.mtime < last.mtime, "not stored per entry change");
@@ -371,7 +407,7 @@ async fn unlink_while_open_keeps_the_data_for_the_descriptor() {
     let rest = w.rest(true);
     let exists = |rest: BlobClient| async move {
         match rest
-            .get_blob_properties("u", Some(&random_key_of(&rest)), &Conditions::default())
+            .get_blob_properties("u", Some(&key_of(&rest)), &Conditions::default())
             .await
         {
             Ok(p) => Some(p.content_length),
@@ -409,6 +445,6 @@ async fn unlink_while_open_keeps_the_data_for_the_descriptor() {
 }
 
 /// The key a REST client was configured with.
-fn random_key_of(c: &BlobClient) -> CustomerKey {
+fn key_of(c: &BlobClient) -> CustomerKey {
     c.cpk().map(|k| (**k).clone()).expect("a keyed client")
 }
