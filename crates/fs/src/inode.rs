@@ -130,8 +130,17 @@ impl InodeTable {
             if let Some(node) = t.by_ino.get(&ino).cloned() {
                 let mut s = node.state.lock().unwrap();
                 if s.attr.kind == fresh.attr.kind {
-                    // A file with local writes keeps its local size and times.
-                    let keep_local = s.etag.is_none() && fresh.etag.is_none();
+                    // A file with local writes keeps its local size and times:
+                    // one never committed, or one whose write session holds
+                    // changes not committed yet (a listing of the stored blob
+                    // must not undo a truncate or extend made here). A session
+                    // busy right now (a commit in flight) counts as writing.
+                    let writing = s.attr.kind == Kind::File
+                        && node
+                            .write
+                            .try_lock()
+                            .map_or(true, |w| w.as_ref().is_some_and(|ws| ws.is_dirty()));
+                    let keep_local = (s.etag.is_none() && fresh.etag.is_none()) || writing;
                     if !keep_local {
                         let meta_known = fresh.meta_known || (s.meta_known && s.etag == fresh.etag);
                         let attr = if fresh.meta_known || !meta_known {
