@@ -9,4 +9,5 @@ pub use cpkfs_blob::keyvault;
 pub use cpkfs_fs as fs;
 
 pub mod cli;
+pub mod connect;
 pub mod fuse;

@@ -111,16 +111,10 @@ pub fn load_keyring(s: &Settings) -> Result<Vec<Arc<CustomerKey>>> {
     Ok(ring)
 }
 
+/// The client for the settings' account, container and credentials. It
+/// holds no customer-provided key: use `crate::connect::connect`, which
+/// reads the keys into the core's ring as well.
 pub fn build_client(s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<BlobClient> {
-    let cpk = load_keyring(s)?.into_iter().next();
-    build_client_with(s, env, cpk)
-}
-
-pub fn build_client_with(
-    s: &Settings,
-    env: &dyn Fn(&str) -> Option<String>,
-    cpk: Option<Arc<CustomerKey>>,
-) -> Result<BlobClient> {
     let account = s
         .account
         .clone()
@@ -164,7 +158,6 @@ pub fn build_client_with(
         bail!("no credentials: set account_key_file or sas_token_file (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)");
     };
     let mut cfg = ClientConfig::new(&endpoint, &account, &container, credential);
-    cfg.cpk = cpk;
     if let Some(n) = s.retry_attempts {
         cfg.retry.max_attempts = n;
     }
@@ -348,11 +341,10 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
 
 /// Every check that needs no mount, in the order a user would fix them.
 fn preflight(p: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<(BlobClient, FsConfig)> {
-    let mut ring = load_keyring(&p.s)?;
-    let current = (!ring.is_empty()).then(|| ring.remove(0));
-    let client = build_client_with(&p.s, env, current)?;
+    let conn = crate::connect::connect(&p.s, env)?;
     let mut cfg = fs_config(&p.s)?;
-    cfg.keyring = ring;
+    cfg.keyring = conn.keys;
+    let client = conn.client;
     check_mountpoint(&p.mountpoint, p.s.nonempty.unwrap_or(false))?;
     check_fuse()?;
     Ok((client, cfg))

@@ -9,7 +9,7 @@
 //! (size and CRC-64) before it counts as rotated. Reruns skip blobs already
 //! under the current key, so an interrupted run completes when rerun.
 
-use super::mount::{build_client_with, load_keyring, Plan};
+use super::mount::Plan;
 use super::MountArgs;
 use crate::blob::{
     BlobClient, BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, CustomerKey,
@@ -140,13 +140,12 @@ pub fn run(a: RotateArgs) -> Result<()> {
         plan.s.log_level.as_deref().unwrap_or("warn"),
         super::logging::Target::Stderr,
     )?;
-    let ring = load_keyring(&plan.s)?;
-    let Some(current) = ring.first().cloned() else {
+    let crate::connect::Connection { client, keys: ring } = crate::connect::connect(&plan.s, &env)?;
+    let Some(current) = ring.current().cloned() else {
         bail!(
             "rotate-cpk needs cpk_file with the current key on its first line and older keys below"
         );
     };
-    let client = build_client_with(&plan.s, &env, Some(current.clone()))?;
     let block = plan
         .s
         .block_size
@@ -172,7 +171,7 @@ pub fn run(a: RotateArgs) -> Result<()> {
                 match b.properties.cpk_sha256.as_deref() {
                     None => plain_n += 1,
                     Some(h) if h == current.sha256() => current_n += 1,
-                    Some(h) => match ring.iter().find(|k| k.sha256() == h) {
+                    Some(h) => match ring.find(h) {
                         Some(k) => todo.push((b.name, b.properties.content_length, k.clone())),
                         None => unknown.push((b.name, h.to_string())),
                     },

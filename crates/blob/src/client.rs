@@ -239,6 +239,12 @@ fn write_result(h: &HeaderMap) -> WriteResult {
     }
 }
 
+/// The service answered only after more than one attempt: an earlier
+/// attempt may have succeeded with its answer lost.
+fn was_retried(e: &BlobError) -> bool {
+    e.service().is_some_and(|s| s.attempts > 1)
+}
+
 impl BlobClient {
     pub fn new(cfg: ClientConfig) -> Result<Self, BlobError> {
         let endpoint = Endpoint::new(&cfg.endpoint, &cfg.account).map_err(BlobError::Config)?;
@@ -740,6 +746,30 @@ impl BlobClient {
         Ok((buf.freeze(), dl.properties))
     }
 
+    /// The second half of "a retried write met a conflict: was it our own
+    /// earlier attempt?" (Put Blob and Put Block List each decide the first
+    /// half their own way): HEAD the blob and, if `is_ours` recognises what
+    /// is stored, report that version as this write's result.
+    async fn adopt_if_ours(
+        &self,
+        name: &str,
+        key: Option<&CustomerKey>,
+        is_ours: impl FnOnce(&BlobProperties) -> bool,
+    ) -> Option<WriteResult> {
+        let p = self
+            .get_blob_properties(name, key, &Conditions::default())
+            .await
+            .ok()?;
+        if !is_ours(&p) {
+            return None;
+        }
+        Some(WriteResult {
+            etag: p.etag,
+            last_modified: p.last_modified,
+            cpk_sha256: p.cpk_sha256,
+        })
+    }
+
     pub async fn put_blob(
         &self,
         name: &str,
@@ -769,29 +799,18 @@ impl BlobClient {
             // what Put Blob received: if it is ours, the write is ours.
             Err(e)
                 if !opts.conditions.is_empty()
-                    && e.service().is_some_and(|s| s.attempts > 1)
+                    && was_retried(&e)
                     && (e.status() == Some(412) || e.is_code("BlobAlreadyExists")) =>
             {
                 use base64::Engine;
                 use md5::Digest;
                 let ours =
                     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
-                match self
-                    .get_blob_properties(name, key, &Conditions::default())
-                    .await
-                {
-                    Ok(p)
-                        if p.content_md5.as_deref() == Some(ours.as_str())
-                            && p.content_length == body.len() as u64 =>
-                    {
-                        Ok(WriteResult {
-                            etag: p.etag,
-                            last_modified: p.last_modified,
-                            cpk_sha256: p.cpk_sha256,
-                        })
-                    }
-                    _ => Err(e),
-                }
+                let same = |p: &BlobProperties| {
+                    p.content_md5.as_deref() == Some(ours.as_str())
+                        && p.content_length == body.len() as u64
+                };
+                self.adopt_if_ours(name, key, same).await.ok_or(e)
             }
             Err(e) => Err(e),
         }
@@ -846,7 +865,7 @@ impl BlobClient {
         match self.execute(call).await {
             Ok(resp) => Ok(write_result(resp.headers())),
             Err(e)
-                if e.service().is_some_and(|s| s.attempts > 1)
+                if was_retried(&e)
                     && ((!opts.conditions.is_empty()
                         && matches!(e.status(), Some(412) | Some(409)))
                         || e.is_code("InvalidBlockList")) =>
@@ -864,15 +883,8 @@ impl BlobClient {
                     let committed: Vec<&str> =
                         list.committed.iter().map(|b| b.id.as_str()).collect();
                     if !ids.is_empty() && committed == ids && list.uncommitted.is_empty() {
-                        if let Ok(p) = self
-                            .get_blob_properties(name, key, &Conditions::default())
-                            .await
-                        {
-                            return Ok(WriteResult {
-                                etag: p.etag,
-                                last_modified: p.last_modified,
-                                cpk_sha256: p.cpk_sha256,
-                            });
+                        if let Some(w) = self.adopt_if_ours(name, key, |_| true).await {
+                            return Ok(w);
                         }
                     }
                 }

@@ -889,7 +889,6 @@ mod tests {
         ));
         let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, "handles", cred);
         cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
-        cfg.cpk = Some(Arc::new(CustomerKey::from_raw([7; 32])));
         cfg.retry.base_delay = Duration::from_millis(10);
         let client = BlobClient::new(cfg).unwrap();
         client.create_container().await.unwrap();
@@ -897,6 +896,7 @@ mod tests {
             client,
             FsConfig {
                 block_size: 64 * 1024,
+                keyring: crate::KeyRing::new(vec![Arc::new(CustomerKey::from_raw([7; 32]))]),
                 ..FsConfig::default()
             },
         );

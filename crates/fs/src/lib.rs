@@ -8,6 +8,7 @@ pub mod dir;
 pub mod error;
 mod files;
 pub mod inode;
+pub mod keyring;
 mod namespace;
 pub mod write;
 
@@ -19,6 +20,7 @@ use cpkfs_blob::{
 use dir::{DirEntry, DirHandle};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeState, InodeTable, ROOT_INO};
+pub use keyring::KeyRing;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,9 +43,9 @@ pub struct FsConfig {
     pub head_concurrency: usize,
     pub defaults: AttrDefaults,
     pub read_only: bool,
-    /// Older customer-provided keys, kept for reading blobs not yet rotated
-    /// (the current key is the client's).
-    pub keyring: Vec<Arc<CustomerKey>>,
+    /// The customer-provided keys: the current one writes, older ones are
+    /// kept for reading blobs not yet rotated. The client holds none.
+    pub keyring: KeyRing,
     /// Last writer wins instead of failing close on a concurrent change.
     pub overwrite_conflicts: bool,
 }
@@ -59,7 +61,7 @@ impl Default for FsConfig {
             head_concurrency: 32,
             defaults: AttrDefaults::default(),
             read_only: false,
-            keyring: vec![],
+            keyring: KeyRing::default(),
             overwrite_conflicts: false,
         }
     }
@@ -155,7 +157,7 @@ fn join(dir: &str, name: &str) -> String {
 
 impl Fs {
     pub fn new(client: BlobClient, cfg: FsConfig) -> Arc<Fs> {
-        let key = client.cpk().cloned();
+        let key = cfg.keyring.current().cloned();
         let root = Attr::new_dir(&cfg.defaults);
         let wctx = WriteContext {
             client: client.clone(),
@@ -227,11 +229,7 @@ impl Fs {
     /// The key of the ring (current key first, then older keys kept for
     /// reading) whose SHA-256 is `h`: chosen by hash, never by trial requests.
     fn ring_key(&self, h: &str) -> Option<Arc<CustomerKey>> {
-        self.key
-            .iter()
-            .chain(self.cfg.keyring.iter())
-            .find(|k| k.sha256() == h)
-            .cloned()
+        self.cfg.keyring.find(h).cloned()
     }
 
     fn state_from_props(

@@ -19,17 +19,16 @@
 //! failure is printed as the operation list: keep it as a `regression_*`
 //! test below.
 
-use cpkfs_blob::*;
-use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
-use cpkfs_fs::{Fs, FsConfig, FsError, SetAttr};
+mod common;
+
+use common::{client, emulator, mount as new_fs, BLOCK};
+use cpkfs_blob::BlobClient;
+use cpkfs_emulator::EmulatorHandle;
+use cpkfs_fs::{Fs, FsError, SetAttr};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Small blocks so that a few KiB span several blocks, the last one partial.
-const BLOCK: u64 = 4096;
 /// The paths operations pick from: few enough that names collide (a name is
 /// a file in one step and a directory in the next), nested one level.
 const PATHS: [&str; 8] = ["a", "b", "d", "d/a", "d/b", "d/d", "e", "e/a"];
@@ -247,20 +246,6 @@ struct Real {
 
 fn errno(e: FsError) -> Errno {
     e.errno()
-}
-
-fn new_fs(client: &BlobClient) -> Arc<Fs> {
-    Fs::new(
-        client.clone(),
-        FsConfig {
-            block_size: BLOCK,
-            // Listings and attributes are trusted for the whole case: what is
-            // compared after each step is the mount's own view; a remount
-            // compares what was stored.
-            attr_ttl: Duration::from_secs(600),
-            ..FsConfig::default()
-        },
-    )
 }
 
 impl Real {
@@ -517,19 +502,7 @@ impl Real {
 // ---------------------------------------------------------------- the runs
 
 async fn run(emu: &EmulatorHandle, ops: &[Op]) -> Result<(), String> {
-    let cred = Credential::SharedKey(Arc::new(
-        SharedKeyCredential::new(
-            DEV_ACCOUNT,
-            vec![AccountKey::from_base64(DEV_ACCOUNT_KEY).unwrap()],
-        )
-        .unwrap(),
-    ));
-    let container = format!("ref{}", &uuid_like());
-    let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, &container, cred);
-    cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
-    cfg.cpk = Some(Arc::new(CustomerKey::from_raw([9; 32])));
-    let client = BlobClient::new(cfg).unwrap();
-    client.create_container().await.unwrap();
+    let client = client(emu).await;
     let mut real = Real {
         fs: new_fs(&client),
         client,
@@ -557,26 +530,13 @@ async fn run(emu: &EmulatorHandle, ops: &[Op]) -> Result<(), String> {
         .map_err(|e| format!("after the final remount: {e}"))
 }
 
-/// A container name unique within the run (lowercase letters and digits).
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn runtime_and_emulator() -> (tokio::runtime::Runtime, EmulatorHandle) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let emu = rt
-        .block_on(emulator::start(EmulatorConfig::default()))
-        .unwrap();
+    let emu = rt.block_on(emulator());
     (rt, emu)
 }
 
