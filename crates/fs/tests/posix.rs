@@ -9,7 +9,7 @@
 use cpkfs_blob::*;
 use cpkfs_emulator::{EmulatorConfig, EmulatorHandle};
 use cpkfs_fs::attr::{Kind, META_FILE_TYPE, META_RDEV};
-use cpkfs_fs::{Fs, FsConfig, FsError, SetAttr};
+use cpkfs_fs::{Fs, FsConfig, FsError, KeyRing, SetAttr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,8 +66,13 @@ impl World {
         self.mount_with(FsConfig::default())
     }
 
+    /// The mount's key comes in its ring; the client carries none.
     fn mount_with(&self, cfg: FsConfig) -> Arc<Fs> {
-        Fs::new(self.client(Some(&self.key)), cfg)
+        let cfg = FsConfig {
+            keyring: KeyRing::new(vec![Arc::new(self.key.clone())]),
+            ..cfg
+        };
+        Fs::new(self.client(None), cfg)
     }
 
     /// Plain REST access behind the mount's back.
