@@ -5,7 +5,6 @@
 #[path = "common/exe.rs"]
 mod exe;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -24,26 +23,8 @@ struct Emu {
 impl Emu {
     fn start(http: bool) -> Emu {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(exe::emulator_exe());
-        cmd.args(["--listen", "127.0.0.1:0", "--ca-out"])
-            .arg(dir.path().join("ca.pem"));
-        if http {
-            cmd.arg("--http");
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("emulator banner")
-            .to_string();
+        let extra: &[&str] = if http { &["--http"] } else { &[] };
+        let (child, url) = exe::spawn_emulator(&dir.path().join("ca.pem"), extra, Stdio::null());
         Emu { child, url, dir }
     }
     fn file(&self, name: &str, content: &str, mode: u32) -> PathBuf {

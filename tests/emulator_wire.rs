@@ -1099,3 +1099,629 @@ async fn throughput_cpk_https() {
         h.shutdown().await;
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Put Blob From URL / Put Block From URL (§4.12, §3.8)
+// ---------------------------------------------------------------------------------
+
+const V_SOURCE_CPK: &str = "2026-02-06";
+
+/// A blob service SAS (§2.8 layout), computed here independently of the emulator.
+fn blob_sas(key: &[u8], account: &str, container: &str, blob: &str, sp: &str) -> String {
+    let now = chrono::Utc::now();
+    let st = (now - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let se = (now + chrono::Duration::minutes(30))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let sts = format!(
+        "{sp}\n{st}\n{se}\n/blob/{account}/{container}/{blob}\n\n\nhttps\n{VERSION}\nb\n\n\n\n\n\n\n"
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(sts.as_bytes());
+    let sig = B64.encode(mac.finalize().into_bytes());
+    format!(
+        "sp={sp}&st={}&se={}&spr=https&sv={VERSION}&sr=b&sig={}",
+        urlenc(&st),
+        urlenc(&se),
+        urlenc(&sig)
+    )
+}
+
+fn src_url(c: &Client, blob: &str, sas: Option<&str>) -> String {
+    let u = format!("{}/{}/ct1/{blob}", c.base, c.account);
+    match sas {
+        Some(s) => format!("{u}?{s}"),
+        None => u,
+    }
+}
+
+fn source_cpk_headers(k: &Key) -> Vec<(&str, &str)> {
+    vec![
+        ("x-ms-source-encryption-key", k.key.as_str()),
+        ("x-ms-source-encryption-key-sha256", k.sha.as_str()),
+        ("x-ms-source-encryption-algorithm", "AES256"),
+    ]
+}
+
+fn crc64_b64(data: &[u8]) -> String {
+    let mut d = crc64fast_nvme::Digest::new();
+    d.write(data);
+    B64.encode(d.sum64().to_le_bytes())
+}
+
+async fn get_with(c: &Client, path: &str, k: Option<&Key>) -> Resp {
+    let hs = k.map(cpk_headers).unwrap_or_default();
+    c.send("GET", path, &hs, vec![]).await
+}
+
+#[tokio::test]
+async fn put_blob_from_url_rekeys_on_the_server() {
+    let (h, c) = start_default().await;
+    let (old, new, other) = (cpk(&[1u8; 32]), cpk(&[2u8; 32]), cpk(&[3u8; 32]));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut hs = cpk_headers(&old);
+    hs.push(("x-ms-blob-type", "BlockBlob"));
+    hs.push(("x-ms-blob-content-type", "text/x-test"));
+    let r = c.send("PUT", "/ct1/src.bin", &hs, data.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let src_etag = r.h("etag").unwrap().to_string();
+    let plain = b"no key here".to_vec();
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/plain.bin",
+            &[("x-ms-blob-type", "BlockBlob")],
+            plain.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let sas = blob_sas(&c.key, &c.account, "ct1", "src.bin", "r");
+    let url = src_url(&c, "src.bin", Some(&sas));
+    let (s, _) = admin(&h, &c, "DELETE", "/__admin/stats", "").await;
+    assert_eq!(s, 204);
+
+    // source key = old, destination key = new, at 2026-02-06
+    let mut hs = vec![
+        ("x-ms-version", V_SOURCE_CPK),
+        ("x-ms-blob-type", "BlockBlob"),
+        ("x-ms-copy-source", url.as_str()),
+        ("x-ms-meta-mode", "0600"),
+        ("x-ms-source-if-match", src_etag.as_str()),
+    ];
+    hs.extend(source_cpk_headers(&old));
+    hs.extend(cpk_headers(&new));
+    let r = c.send("PUT", "/ct1/dst.bin", &hs, vec![]).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.h("x-ms-encryption-key-sha256"), Some(new.sha.as_str()));
+    assert_eq!(r.h("x-ms-request-server-encrypted"), Some("true"));
+    assert_eq!(r.h("x-ms-content-crc64"), Some(crc64_b64(&data).as_str()));
+    assert_eq!(r.h("x-ms-version"), Some(V_SOURCE_CPK));
+    // No data went over the wire.
+    let (_, stats) = admin(&h, &c, "GET", "/__admin/stats", "").await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["bytes_in"], 0, "{stats}");
+    assert_eq!(stats["requests"]["PutBlobFromUrl"], 1, "{stats}");
+
+    let g = get_with(&c, "/ct1/dst.bin", Some(&new)).await;
+    assert_eq!(g.status, 200);
+    assert!(g.body == data, "re-keyed content differs");
+    assert_eq!(g.h("x-ms-meta-mode"), Some("0600"));
+    assert_eq!(
+        g.h("content-type"),
+        Some("text/x-test"),
+        "source properties copied"
+    );
+    assert_eq!(g.h("x-ms-encryption-key-sha256"), Some(new.sha.as_str()));
+    let g = get_with(&c, "/ct1/dst.bin", Some(&old)).await;
+    assert_eq!(g.code(), "BlobCustomerSpecifiedEncryptionMismatch");
+    // the source is unchanged
+    let g = get_with(&c, "/ct1/src.bin", Some(&old)).await;
+    assert!(g.status == 200 && g.body == data);
+
+    // same key on both sides (a rename): content shared, still readable
+    let mut hs = vec![
+        ("x-ms-version", V_SOURCE_CPK),
+        ("x-ms-blob-type", "BlockBlob"),
+        ("x-ms-copy-source", url.as_str()),
+    ];
+    hs.extend(source_cpk_headers(&old));
+    hs.extend(cpk_headers(&old));
+    let r = c.send("PUT", "/ct1/renamed.bin", &hs, vec![]).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let g = get_with(&c, "/ct1/renamed.bin", Some(&old)).await;
+    assert!(g.status == 200 && g.body == data);
+
+    // every CPK rule for the source: the 409 codes of a GET, marked as the source's
+    let put = |src: String, extra: Vec<(&'static str, String)>| {
+        let c = &c;
+        let new = &new;
+        async move {
+            let mut hs: Vec<(&str, &str)> = vec![
+                ("x-ms-version", V_SOURCE_CPK),
+                ("x-ms-blob-type", "BlockBlob"),
+                ("x-ms-copy-source", src.as_str()),
+            ];
+            for (k, v) in &extra {
+                hs.push((k, v.as_str()));
+            }
+            hs.extend(cpk_headers(new));
+            c.send("PUT", "/ct1/dst2.bin", &hs, vec![]).await
+        }
+    };
+    let src_hdrs = |k: &Key| -> Vec<(&'static str, String)> {
+        vec![
+            ("x-ms-source-encryption-key", k.key.clone()),
+            ("x-ms-source-encryption-key-sha256", k.sha.clone()),
+            ("x-ms-source-encryption-algorithm", "AES256".into()),
+        ]
+    };
+    let r = put(url.clone(), vec![]).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    assert_eq!(r.h("x-ms-copy-source-status-code"), Some("409"));
+    assert_eq!(
+        r.h("x-ms-copy-source-error-code"),
+        Some("BlobUsesCustomerSpecifiedEncryption")
+    );
+    let r = put(url.clone(), src_hdrs(&other)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobCustomerSpecifiedEncryptionMismatch")
+    );
+    let plain_sas = blob_sas(&c.key, &c.account, "ct1", "plain.bin", "r");
+    let plain_url = src_url(&c, "plain.bin", Some(&plain_sas));
+    let r = put(plain_url.clone(), src_hdrs(&old)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobDoesNotUseCustomerSpecifiedEncryption")
+    );
+    // a non-CPK source needs no source key; the destination gets the key
+    let r = put(plain_url.clone(), vec![]).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let g = get_with(&c, "/ct1/dst2.bin", Some(&new)).await;
+    assert!(g.status == 200 && g.body == plain);
+    // malformed source key headers name the source header
+    let mut bad = src_hdrs(&old);
+    bad[1].1 = other.sha.clone();
+    let r = put(url.clone(), bad).await;
+    assert_eq!((r.status, r.code()), (400, "InvalidHeaderValue"));
+    assert!(
+        r.text()
+            .contains("<HeaderName>x-ms-source-encryption-key-sha256</HeaderName>"),
+        "{}",
+        r.text()
+    );
+    let mut partial = src_hdrs(&old);
+    partial.pop();
+    let r = put(url.clone(), partial).await;
+    assert_eq!((r.status, r.code()), (400, "MissingRequiredHeader"));
+    assert!(r
+        .text()
+        .contains("<HeaderName>x-ms-source-encryption-algorithm</HeaderName>"));
+
+    // source conditions
+    let r = put(
+        url.clone(),
+        [
+            src_hdrs(&old),
+            vec![("x-ms-source-if-match", "\"0x8D0000000000000\"".into())],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (412, "SourceConditionNotMet"));
+    let r = put(
+        url.clone(),
+        [
+            src_hdrs(&old),
+            vec![("x-ms-source-if-none-match", src_etag.clone())],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (412, "SourceConditionNotMet"));
+
+    // source authorization: its own SAS, for that blob, with read permission
+    let r = put(src_url(&c, "src.bin", None), src_hdrs(&old)).await;
+    assert_eq!((r.status, r.code()), (401, "CannotVerifyCopySource"));
+    assert_eq!(
+        r.h("x-ms-copy-source-error-code"),
+        Some("NoAuthenticationInformation")
+    );
+    let r = put(src_url(&c, "src.bin", Some(&plain_sas)), src_hdrs(&old)).await;
+    assert_eq!((r.status, r.code()), (403, "CannotVerifyCopySource"));
+    let wsas = blob_sas(&c.key, &c.account, "ct1", "src.bin", "w");
+    let r = put(src_url(&c, "src.bin", Some(&wsas)), src_hdrs(&old)).await;
+    assert_eq!((r.status, r.code()), (403, "CannotVerifyCopySource"));
+    assert_eq!(
+        r.h("x-ms-copy-source-error-code"),
+        Some("AuthorizationPermissionMismatch")
+    );
+    let nsas = blob_sas(&c.key, &c.account, "ct1", "nope.bin", "r");
+    let r = put(src_url(&c, "nope.bin", Some(&nsas)), vec![]).await;
+    assert_eq!((r.status, r.code()), (404, "CannotVerifyCopySource"));
+    assert_eq!(r.h("x-ms-copy-source-error-code"), Some("BlobNotFound"));
+    // destination conditions still apply
+    let r = put(
+        url.clone(),
+        [src_hdrs(&old), vec![("if-none-match", "*".into())]].concat(),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "BlobAlreadyExists"));
+
+    // Before 2026-02-06 the source headers are not part of the protocol: a CPK source
+    // fails like Copy Blob.
+    let mut hs = vec![
+        ("x-ms-blob-type", "BlockBlob"),
+        ("x-ms-copy-source", url.as_str()),
+    ];
+    hs.extend(source_cpk_headers(&old));
+    hs.extend(cpk_headers(&new));
+    let r = c.send("PUT", "/ct1/dst3.bin", &hs, vec![]).await;
+    assert_eq!((r.status, r.code()), (409, "CannotVerifyCopySource"));
+    assert_eq!(
+        r.h("x-ms-copy-source-error-code"),
+        Some("BlobUsesCustomerSpecifiedEncryption")
+    );
+    assert!(r
+        .text()
+        .contains("encrypted with customer specified encryption"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn put_block_from_url_ranges_keys_and_limits() {
+    let (h, c) = start_default().await;
+    let (old, new) = (cpk(&[4u8; 32]), cpk(&[5u8; 32]));
+    let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
+    let mut hs = cpk_headers(&old);
+    hs.push(("x-ms-blob-type", "BlockBlob"));
+    assert_eq!(
+        c.send("PUT", "/ct1/s.bin", &hs, data.clone()).await.status,
+        201
+    );
+    let sas = blob_sas(&c.key, &c.account, "ct1", "s.bin", "r");
+    let url = src_url(&c, "s.bin", Some(&sas));
+    let ids = [B64.encode("blk-0000"), B64.encode("blk-0001")];
+    let ranges = ["bytes=0-1048575", "bytes=1048576-"];
+    for (id, range) in ids.iter().zip(ranges) {
+        let mut hs = vec![
+            ("x-ms-version", V_SOURCE_CPK),
+            ("x-ms-copy-source", url.as_str()),
+            ("x-ms-source-range", range),
+        ];
+        hs.extend(source_cpk_headers(&old));
+        hs.extend(cpk_headers(&new));
+        let r = c
+            .send(
+                "PUT",
+                &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(id)),
+                &hs,
+                vec![],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(r.h("x-ms-encryption-key-sha256"), Some(new.sha.as_str()));
+    }
+    let first = &data[..1 << 20];
+    let mut hs = vec![
+        ("x-ms-version", V_SOURCE_CPK),
+        ("x-ms-copy-source", url.as_str()),
+        ("x-ms-source-range", "bytes=0-1048575"),
+        ("x-ms-source-content-crc64", "AAAAAAAAAAA="),
+    ];
+    hs.extend(source_cpk_headers(&old));
+    hs.extend(cpk_headers(&new));
+    let bid = B64.encode("blk-0002");
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(&bid)),
+            &hs,
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "Crc64Mismatch"));
+    let good = crc64_b64(first);
+    hs[3].1 = good.as_str();
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(&bid)),
+            &hs,
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.h("x-ms-content-crc64"), Some(good.as_str()));
+
+    // destination key rules of Put Block: blocks staged with `new` refuse another key
+    let mut hs = vec![
+        ("x-ms-version", V_SOURCE_CPK),
+        ("x-ms-copy-source", url.as_str()),
+        ("x-ms-source-range", "bytes=0-9"),
+    ];
+    hs.extend(source_cpk_headers(&old));
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(&bid)),
+            &hs,
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+    hs.extend(cpk_headers(&old));
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(&bid)),
+            &hs,
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobCustomerSpecifiedEncryptionMismatch")
+    );
+    // a range past the end of the source
+    let mut hs = vec![
+        ("x-ms-version", V_SOURCE_CPK),
+        ("x-ms-copy-source", url.as_str()),
+        ("x-ms-source-range", "bytes=2500000-2600000"),
+    ];
+    hs.extend(source_cpk_headers(&old));
+    hs.extend(cpk_headers(&new));
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(&bid)),
+            &hs,
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (416, "InvalidRange"));
+    // without the source key
+    let hs2: Vec<_> = hs
+        .iter()
+        .filter(|(k, _)| !k.starts_with("x-ms-source-encryption"))
+        .cloned()
+        .collect();
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/d.bin?comp=block&blockid={}", urlenc(&bid)),
+            &hs2,
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "BlobUsesCustomerSpecifiedEncryption")
+    );
+
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>{}</Latest><Latest>{}</Latest></BlockList>",
+        ids[0], ids[1]
+    );
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/d.bin?comp=blocklist",
+            &cpk_headers(&new),
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let g = get_with(&c, "/ct1/d.bin", Some(&new)).await;
+    assert!(
+        g.status == 200 && g.body == data,
+        "staged from URL != source"
+    );
+
+    // Limits: a 5,001 MiB source (one 1 MiB block committed 5,001 times).
+    let mib = vec![7u8; 1 << 20];
+    let bid = B64.encode("big-0000");
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/big.bin?comp=block&blockid={}", urlenc(&bid)),
+            &[],
+            mib,
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+    for _ in 0..5001 {
+        body.push_str(&format!("<Latest>{bid}</Latest>"));
+    }
+    body.push_str("</BlockList>");
+    let r = c
+        .send("PUT", "/ct1/big.bin?comp=blocklist", &[], body.into_bytes())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let bsas = blob_sas(&c.key, &c.account, "ct1", "big.bin", "r");
+    let burl = src_url(&c, "big.bin", Some(&bsas));
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/big-copy.bin",
+            &[
+                ("x-ms-version", V_SOURCE_CPK),
+                ("x-ms-blob-type", "BlockBlob"),
+                ("x-ms-copy-source", burl.as_str()),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (413, "RequestBodyTooLarge"));
+    let over = format!("bytes=0-{}", 4000u64 << 20);
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/big-copy.bin?comp=block&blockid={}", urlenc(&bid)),
+            &[
+                ("x-ms-version", V_SOURCE_CPK),
+                ("x-ms-copy-source", burl.as_str()),
+                ("x-ms-source-range", over.as_str()),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (413, "RequestBodyTooLarge"));
+    let r = c
+        .send(
+            "PUT",
+            &format!("/ct1/big-copy.bin?comp=block&blockid={}", urlenc(&bid)),
+            &[
+                ("x-ms-version", V_SOURCE_CPK),
+                ("x-ms-copy-source", burl.as_str()),
+                ("x-ms-source-range", "bytes=5242880000-5243928575"),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        201,
+        "the last MiB of a 5,001 MiB source: {}",
+        r.text()
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn source_cpk_switched_off_answers_like_an_older_service() {
+    let h = emulator::start(EmulatorConfig {
+        source_cpk: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = Client::new(&h, DEV_KEY1);
+    assert_eq!(
+        c.send("PUT", "/ct1?restype=container", &[], vec![])
+            .await
+            .status,
+        201
+    );
+    let data = b"plain source".to_vec();
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/p.bin",
+            &[("x-ms-blob-type", "BlockBlob")],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let sas = blob_sas(&c.key, &c.account, "ct1", "p.bin", "r");
+    let url = src_url(&c, "p.bin", Some(&sas));
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/q.bin",
+            &[
+                ("x-ms-version", V_SOURCE_CPK),
+                ("x-ms-blob-type", "BlockBlob"),
+                ("x-ms-copy-source", url.as_str()),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "InvalidHeaderValue"));
+    assert!(r.text().contains("<HeaderName>x-ms-version</HeaderName>"));
+    // the From-URL operations themselves still work at older versions
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/q.bin",
+            &[
+                ("x-ms-blob-type", "BlockBlob"),
+                ("x-ms-copy-source", url.as_str()),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(get_with(&c, "/ct1/q.bin", None).await.body, data);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn copy_source_bearer_authorization() {
+    let h = emulator::start(EmulatorConfig {
+        vault_identities: vec![
+            emulator::token::parse_identity_flag("reader:pw:blob/read").unwrap(),
+            emulator::token::parse_identity_flag("nobody:pw:secrets/get").unwrap(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = Client::new(&h, DEV_KEY1);
+    assert_eq!(
+        c.send("PUT", "/ct1?restype=container", &[], vec![])
+            .await
+            .status,
+        201
+    );
+    let r = c
+        .send(
+            "PUT",
+            "/ct1/p.bin",
+            &[("x-ms-blob-type", "BlockBlob")],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let token = |id: &'static str| {
+        let c = &c;
+        let url = format!(
+            "{}/{}/oauth2/v2.0/token",
+            c.base,
+            emulator::token::DEFAULT_TENANT
+        );
+        async move {
+            let r = c
+                .http
+                .post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", id),
+                    ("client_secret", "pw"),
+                    ("scope", "https://vault.azure.net/.default"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            format!("Bearer {}", v["access_token"].as_str().unwrap())
+        }
+    };
+    let url = src_url(&c, "p.bin", None);
+    for (who, want) in [("reader", 201), ("nobody", 403)] {
+        let t = token(who).await;
+        let r = c
+            .send(
+                "PUT",
+                "/ct1/q.bin",
+                &[
+                    ("x-ms-blob-type", "BlockBlob"),
+                    ("x-ms-copy-source", url.as_str()),
+                    ("x-ms-copy-source-authorization", t.as_str()),
+                ],
+                vec![],
+            )
+            .await;
+        assert_eq!(r.status, want, "{who}: {}", r.text());
+    }
+    h.shutdown().await;
+}

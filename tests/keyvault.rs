@@ -1,6 +1,8 @@
 //! Key Vault: the client against the emulator's vault (token flows, the
 //! challenge, secrets with versions, wrap/unwrap with every algorithm,
-//! refusals), then `cpkfs keygen` and mounts with keys from the vault.
+//! refusals), Microsoft's Python SDKs against the same emulator
+//! (tests/python/sdk_keyvault.py), then `cpkfs keygen` and mounts with keys
+//! from the vault, including keys the SDK wrapped and unwraps.
 
 mod common;
 
@@ -50,7 +52,7 @@ fn sp_env(h: &EmulatorHandle, id: &str, secret: &str) -> Vec<(&'static str, Stri
     vec![
         ("AZURE_CLIENT_ID", id.to_string()),
         ("AZURE_CLIENT_SECRET", secret.to_string()),
-        ("AZURE_AUTHORITY_HOST", format!("{}/__entra", h.url)),
+        ("AZURE_AUTHORITY_HOST", h.url.clone()),
     ]
 }
 
@@ -82,7 +84,7 @@ async fn client_credentials_challenge_and_secret_versions() {
         None,
     )
     .await;
-    let vault = format!("{}/__vault/v1", h.url);
+    let vault = h.vault_url().to_string();
     let c = client(&h, &sp_env(&h, "app1", "pw1"));
     let url = format!("{vault}/secrets/acct");
     let id1 = c.set_secret(&url, &SecretString::new("one")).await.unwrap();
@@ -113,7 +115,7 @@ async fn client_credentials_challenge_and_secret_versions() {
     assert_eq!(st["tokens_issued"]["client_credentials"], 2, "{st}");
 
     // A disabled version is refused as such.
-    admin(&h, "/__admin/vault/enabled", json!({"vault":"v1","kind":"secrets","name":"acct","version": id1.rsplit('/').next().unwrap(),"enabled":false})).await;
+    admin(&h, "/__admin/vault/enabled", json!({"vault":"default","kind":"secrets","name":"acct","version": id1.rsplit('/').next().unwrap(),"enabled":false})).await;
     let e = c.get_secret(&id1).await.unwrap_err();
     assert!(matches!(e, VaultError::Disabled { .. }), "{e}");
 
@@ -145,7 +147,7 @@ async fn client_credentials_challenge_and_secret_versions() {
 
     // An unreachable vault.
     let e = c
-        .get_secret("https://127.0.0.1:1/__vault/v1/secrets/acct")
+        .get_secret("https://127.0.0.1:1/secrets/acct")
         .await
         .unwrap_err();
     assert!(matches!(e, VaultError::Unreachable { .. }), "{e}");
@@ -162,7 +164,7 @@ async fn managed_identity_imds_and_app_service() {
         None,
     )
     .await;
-    let url = format!("{}/__vault/v2/secrets/s", h.url);
+    let url = format!("{}/secrets/s", h.vault_url());
     client(&h, &sp_env(&h, "setter", "s"))
         .set_secret(&url, &SecretString::new("hello"))
         .await
@@ -225,7 +227,7 @@ async fn wrap_unwrap_every_algorithm_and_refusals() {
         None,
     )
     .await;
-    let vault = format!("{}/__vault/kv", h.url);
+    let vault = h.vault_url().to_string();
     let c = client(&h, &sp_env(&h, "admin", "a"));
     let rsa = c
         .create_key(
@@ -293,7 +295,7 @@ async fn wrap_unwrap_every_algorithm_and_refusals() {
     admin(
         &h,
         "/__admin/vault/enabled",
-        json!({"vault":"kv","kind":"keys","name":"rsa1","version":ver,"enabled":false}),
+        json!({"kind":"keys","name":"rsa1","version":ver,"enabled":false}),
     )
     .await;
     let e = c
@@ -308,10 +310,56 @@ async fn wrap_unwrap_every_algorithm_and_refusals() {
 }
 
 #[tokio::test]
+async fn several_vaults_each_at_the_root_of_its_own_listener() {
+    let h = emulator::start(EmulatorConfig {
+        vault_identities: vec![ident("app", Some("p"), &["*"], false)],
+        vaults: vec![
+            ("blue".into(), "127.0.0.1:0".parse().unwrap()),
+            ("green".into(), "127.0.0.1:0".parse().unwrap()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (blue, green) = (h.vaults[0].url.clone(), h.vaults[1].url.clone());
+    assert_ne!(blue, green);
+    assert_eq!(h.vault_url(), blue, "the first vault is the default");
+    let c = client(&h, &sp_env(&h, "app", "p"));
+    let id = c
+        .set_secret(&format!("{blue}/secrets/s"), &SecretString::new("b"))
+        .await
+        .unwrap();
+    assert!(id.starts_with(&format!("{blue}/secrets/s/")), "{id}");
+    // Vaults do not share objects.
+    let e = c
+        .get_secret(&format!("{green}/secrets/s"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VaultError::NotFound { .. }), "{e}");
+    let st = admin(&h, "/__admin/vault", serde_json::Value::Null).await;
+    assert_eq!(st["vault_url"], blue.as_str(), "{st}");
+    assert_eq!(
+        st["vaults"],
+        json!([{"name":"blue","url":blue},{"name":"green","url":green}]),
+        "{st}"
+    );
+    // Disabling in a named vault.
+    admin(
+        &h,
+        "/__admin/vault/enabled",
+        json!({"vault":"blue","kind":"secrets","name":"s","enabled":false}),
+    )
+    .await;
+    let e = c.get_secret(&id).await.unwrap_err();
+    assert!(matches!(e, VaultError::Disabled { .. }), "{e}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn tokens_are_refreshed_before_they_expire() {
     let h = start(vec![ident("app", Some("p"), &["*"], false)], Some(2)).await;
     let c = client(&h, &sp_env(&h, "app", "p"));
-    let url = format!("{}/__vault/r/secrets/x", h.url);
+    let url = format!("{}/secrets/x", h.vault_url());
     c.set_secret(&url, &SecretString::new("v")).await.unwrap();
     for _ in 0..12 {
         c.get_secret(&url).await.unwrap();
@@ -325,6 +373,90 @@ async fn tokens_are_refreshed_before_they_expire() {
     h.shutdown().await;
 }
 
+// ------------------------------------------------------------------ Microsoft's SDKs
+
+/// `python3 tests/python/sdk_keyvault.py ARGS` against the emulator at `url`
+/// (CA in `ca`), as identity `sdk:sdk-pw` with the managed identity `sdk-mi`.
+pub fn sdk_keyvault(url: &str, ca: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_keyvault.py");
+    let mut c = std::process::Command::new("python3");
+    c.arg(script)
+        .args(args)
+        .env("EMU_URL", url)
+        .env("EMU_CA_FILE", ca)
+        .env("KV_CLIENT_ID", "sdk")
+        .env("KV_CLIENT_SECRET", "sdk-pw")
+        .env("KV_MI_CLIENT_ID", "sdk-mi");
+    // The script sets what it needs; inherited settings would change flows
+    // (requests lets a CA bundle from the environment override a session's).
+    for k in [
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "AZURE_AUTHORITY_HOST",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_TENANT_ID",
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "MSI_ENDPOINT",
+        "IMDS_ENDPOINT",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// The identities sdk_keyvault.py uses.
+pub const SDK_IDENTITIES: [&str; 2] = ["sdk:sdk-pw:*", "sdk-mi::*"];
+
+/// Run it; its stdout, or a panic with its output.
+pub fn sdk_output(out: std::process::Output, args: &[&str]) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "sdk_keyvault.py {args:?} failed ({}; install the SDKs with scripts/setup):\n{}\n{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn microsofts_python_sdks_work_against_the_emulator() {
+    let h = start(
+        SDK_IDENTITIES
+            .iter()
+            .map(|s| emulator::token::parse_identity_flag(s).unwrap())
+            .collect(),
+        None,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, h.ca_pem.as_ref().unwrap()).unwrap();
+    let out = tokio::process::Command::from(sdk_keyvault(&h.url, &ca, &["all"]))
+        .output()
+        .await
+        .expect("python3 runs");
+    assert_eq!(sdk_output(out, &["all"]).trim(), "ok");
+
+    // Our client reads what the SDK wrote, by the id the SDK was given.
+    let c = client(&h, &sp_env(&h, "sdk", "sdk-pw"));
+    let url = format!("{}/secrets/sdk-secret", h.vault_url());
+    let (v, id) = c.get_secret(&url).await.unwrap();
+    assert_eq!(v.expose(), "second");
+    assert_eq!(c.secret_versions(&url).await.unwrap().last(), Some(&id));
+    let st = admin(&h, "/__admin/vault", serde_json::Value::Null).await;
+    assert_eq!(st["vault_url"], h.vault_url(), "{st}");
+    assert_eq!(st["authority_host"], h.url, "{st}");
+    h.shutdown().await;
+}
+
 // ------------------------------------------------------------------ mounts
 
 mod mounts {
@@ -333,7 +465,6 @@ mod mounts {
     use cpkfs::blob::{BlobClient, ClientConfig, ListOptions, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
     use cpkfs::keyvault::{TokenSource, VaultClient, VaultOptions};
     use serde_json::json;
-    use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
@@ -344,6 +475,8 @@ mod mounts {
     /// The emulator binary with Key Vault identities, plus scratch space.
     pub struct Env {
         pub url: String,
+        /// The default vault's base URL.
+        pub vault_url: String,
         pub ca: PathBuf,
         pub dir: tempfile::TempDir,
         pub rt: tokio::runtime::Runtime,
@@ -352,32 +485,44 @@ mod mounts {
         n: usize,
     }
 
+    /// The default vault's base URL, as `GET /__admin/vault` reports it.
+    async fn default_vault_url(url: &str, ca: &std::path::Path) -> String {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let body = http
+            .get(format!("{url}/__admin/vault"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        st["vault_url"].as_str().unwrap().to_string()
+    }
+
     impl Env {
         pub fn start(identities: &[&str]) -> Env {
             let dir = tempfile::tempdir().unwrap();
             let ca = dir.path().join("ca.pem");
-            let mut cmd = Command::new(crate::common::exe::emulator_exe());
-            cmd.args(["--listen", "127.0.0.1:0", "--ca-out"]).arg(&ca);
-            for i in identities {
-                cmd.args(["--vault-identity", i]);
-            }
-            let mut emu = cmd.stdout(Stdio::piped()).spawn().unwrap();
-            let mut line = String::new();
-            BufReader::new(emu.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let url = line
-                .trim()
-                .strip_prefix("listening on ")
-                .unwrap()
-                .to_string();
+            let extra: Vec<&str> = identities
+                .iter()
+                .flat_map(|i| ["--vault-identity", i])
+                .collect();
+            let (emu, url) = crate::common::exe::spawn_emulator(&ca, &extra, Stdio::inherit());
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .unwrap();
+            let vault_url = rt.block_on(default_vault_url(&url, &ca));
             Env {
                 url,
+                vault_url,
                 ca,
                 dir,
                 rt,
@@ -391,10 +536,7 @@ mod mounts {
             vec![
                 ("AZURE_CLIENT_ID".into(), id.into()),
                 ("AZURE_CLIENT_SECRET".into(), secret.into()),
-                (
-                    "AZURE_AUTHORITY_HOST".into(),
-                    format!("{}/__entra", self.url),
-                ),
+                ("AZURE_AUTHORITY_HOST".into(), self.url.clone()),
             ]
         }
 
@@ -535,7 +677,7 @@ mod mounts {
             "nounwrap:n:keys/get,keys/wrapKey",
         ]);
         let admin = env.vault("admin", "a");
-        let vault = format!("{}/__vault/v1", env.url);
+        let vault = env.vault_url.clone();
         let key_url = format!("{vault}/keys/cpk");
         env.rt
             .block_on(admin.create_key(&key_url, json!({"kty":"RSA","key_size":2048})))
@@ -667,7 +809,7 @@ mod mounts {
                 .post(format!("{}/__admin/vault/enabled", env.url))
                 .header("content-type", "application/json")
                 .body(
-                    json!({"vault":"v1","kind":"keys","name":"cpk","version":ver,"enabled":false})
+                    json!({"vault":"default","kind":"keys","name":"cpk","version":ver,"enabled":false})
                         .to_string(),
                 )
                 .send()
@@ -679,11 +821,84 @@ mod mounts {
         assert!(e.contains("is disabled"), "{e}");
     }
 
+    /// The cross-checks with Microsoft's SDK: a key it wrapped mounts with
+    /// cpkfs, and a file from `cpkfs keygen --wrap-with` unwraps with it.
+    #[test]
+    fn sdk_and_cpkfs_unwrap_each_others_wrapped_keys() {
+        let mut ids = super::SDK_IDENTITIES.to_vec();
+        ids.push("mounter:m:keys/unwrapKey");
+        let mut env = Env::start(&ids);
+
+        // cpkfs keygen wraps with a key the SDK made; the SDK unwraps the file.
+        let sdk_wrapped = env.dir.path().join("sdk.json");
+        let args = ["wrap", "sdk-cpk", sdk_wrapped.to_str().unwrap()];
+        let out = super::sdk_output(
+            super::sdk_keyvault(&env.url, &env.ca, &args)
+                .output()
+                .unwrap(),
+            &args,
+        );
+        let sdk_sha = out.trim().strip_prefix("sha256: ").unwrap().to_string();
+        let key_url = format!("{}/keys/sdk-cpk", env.vault_url);
+        let ours = env.dir.path().join("ours.json");
+        let r = env
+            .cpkfs(&env.sp_env("sdk", "sdk-pw"))
+            .args(["keygen", "--wrap-with", &key_url, "--out"])
+            .arg(&ours)
+            .arg("--vault-ca-file")
+            .arg(&env.ca)
+            .arg("--vault-disable-challenge-verification")
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let our_sha = String::from_utf8(r.stdout).unwrap().trim().to_string();
+        let args = ["unwrap", ours.to_str().unwrap()];
+        let out = super::sdk_output(
+            super::sdk_keyvault(&env.url, &env.ca, &args)
+                .output()
+                .unwrap(),
+            &args,
+        );
+        assert_eq!(
+            out.trim(),
+            our_sha,
+            "the SDK unwraps cpkfs's file to the same key"
+        );
+
+        // cpkfs mounts with the SDK's wrapped-key file (unwrapKey only).
+        let acct = env.write_secret_file("account.key", DEV_ACCOUNT_KEY);
+        let container = common::unique("kvsdk");
+        let args = [
+            "--container",
+            &container,
+            "--account-key-file",
+            acct.to_str().unwrap(),
+            "--cpk-file",
+            sdk_wrapped.to_str().unwrap(),
+            "--cpk-sha256",
+            &sdk_sha,
+        ];
+        let mnt = env.mount(&env.sp_env("mounter", "m"), &args).unwrap();
+        let data = common::pattern(300_000, 14);
+        std::fs::write(mnt.join("sdk.bin"), &data).unwrap();
+        assert_eq!(std::fs::read(mnt.join("sdk.bin")).unwrap(), data);
+        let blob = env.blob(&container);
+        let page = env
+            .rt
+            .block_on(blob.list_blobs(&ListOptions::default()))
+            .unwrap();
+        let item = page.blobs.iter().find(|b| b.name == "sdk.bin").unwrap();
+        assert_eq!(
+            item.properties.cpk_sha256.as_deref(),
+            Some(sdk_sha.as_str())
+        );
+    }
+
     #[test]
     fn account_key_from_a_secret_survives_rotation() {
         let mut env = Env::start(&["admin:a:*", "mounter:m:secrets/get", "nosecret:x:keys/get"]);
         let admin = env.vault("admin", "a");
-        let secret = format!("{}/__vault/ops/secrets/storage-key", env.url);
+        let secret = format!("{}/secrets/storage-key", env.vault_url);
         env.rt
             .block_on(admin.set_secret(&secret, &SecretString::new(DEV_ACCOUNT_KEY)))
             .unwrap();

@@ -394,3 +394,84 @@ fn failed_commit_fails_close() {
     assert_eq!(rest_read(&m, "f", m.key.clone()).0, b"newer\n");
     eprintln!("failed_commit_fails_close: {:?}", t0.elapsed());
 }
+
+/// mv of a CPK file and of a directory through the mount: the service copies the
+/// blobs itself (Put Blob From URL with the source key, service version
+/// 2026-02-06), so almost nothing moves between the mount and the service; the
+/// data is intact afterwards.
+#[test]
+fn mv_of_cpk_files_is_copied_by_the_service() {
+    let m = Mount::emulator();
+    m.sh(
+        "head -c 5000000 /dev/urandom > $S/f && cp $S/f $M/f && mkdir $M/d && cp $S/f $M/d/g && echo small > $M/d/h",
+        60,
+    );
+    m.reset_stats();
+    m.sh("mv $M/f $M/f2 && mv $M/d $M/d2", 60);
+    let st = m.stats();
+    assert_eq!(st["requests"]["PutBlobFromUrl"], 3, "{st}");
+    let moved = st["bytes_in"].as_u64().unwrap() + st["bytes_out"].as_u64().unwrap();
+    assert!(
+        moved < 1 << 20,
+        "{moved} bytes moved for 10 MB renamed: {st}"
+    );
+    m.sh("cmp $S/f $M/f2 && cmp $S/f $M/d2/g && test \"$(cat $M/d2/h)\" = small && test ! -e $M/f && test ! -e $M/d", 60);
+}
+
+/// The same mv against a service without version 2026-02-06 (`--no-source-cpk`):
+/// the first CPK rename is refused with 400, the mount logs that once and streams
+/// from then on (the data goes through it); the result is the same.
+#[test]
+fn mv_of_cpk_files_streams_when_the_service_cannot_copy_them() {
+    let m = Mount::new(mount::MountOptions {
+        emulator_args: vec!["--no-source-cpk".into()],
+        ..Default::default()
+    });
+    m.sh(
+        "head -c 3000000 /dev/urandom > $S/f && cp $S/f $M/f && cp $S/f $M/g",
+        60,
+    );
+    m.reset_stats();
+    m.sh("mv $M/f $M/f2 && mv $M/g $M/g2", 60);
+    let st = m.stats();
+    assert_eq!(st["requests"]["PutBlobFromUrl"], 1, "asked once: {st}");
+    assert!(st["bytes_in"].as_u64().unwrap() >= 6_000_000, "{st}");
+    m.sh("cmp $S/f $M/f2 && cmp $S/f $M/g2", 60);
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert_eq!(
+        log.matches("does not copy blobs with customer-provided keys")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+/// Benchmark (not run by default: `cargo test --test mount_emulator -- --ignored
+/// bench_rename --nocapture`): mv of a 2 GiB CPK file through the mount, the
+/// service copying it vs the streaming fallback, with the bytes the emulator
+/// exchanged with the mount. Figures in docs/PERFORMANCE.md.
+#[test]
+#[ignore]
+fn bench_rename_2gib_server_copy_vs_streaming() {
+    for (label, args) in [
+        ("server copy (Put Blob From URL)", vec![]),
+        ("streaming fallback", vec!["--no-source-cpk".to_string()]),
+    ] {
+        let m = Mount::new(mount::MountOptions {
+            emulator_args: args,
+            block_size: "8M".into(),
+            ..Default::default()
+        });
+        m.sh("head -c 2G /dev/urandom > $S/big && cp $S/big $M/big", 900);
+        m.reset_stats();
+        let t = Instant::now();
+        m.sh("mv $M/big $M/big2", 900);
+        let secs = t.elapsed().as_secs_f64();
+        let st = m.stats();
+        m.sh("cmp $S/big $M/big2 && rm $S/big", 900);
+        println!(
+            "BENCH rename 2 GiB, {label}: {secs:.2} s, bytes_in {} bytes_out {} requests {}",
+            st["bytes_in"], st["bytes_out"], st["requests"]
+        );
+    }
+}

@@ -213,3 +213,87 @@ async fn rotate_cpk_rotates_verifies_and_resumes() {
     let out = args(&[]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 blob(s) (0 bytes) to re-encrypt"));
 }
+
+/// Against a service without version 2026-02-06 (the emulator's `--no-source-cpk`
+/// mode) the first server-side re-key is refused: rotate-cpk says so once and
+/// streams every blob instead, with the same result. With the feature on (the
+/// test above), the service re-keys and rotate-cpk says nothing of the kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_cpk_streams_when_the_service_cannot_rekey() {
+    let emu = start(EmulatorConfig {
+        source_cpk: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, emu.ca_pem.as_ref().unwrap()).unwrap();
+    let old = Arc::new(CustomerKey::from_base64(OLD, None).unwrap());
+    let new = CustomerKey::from_base64(NEW, None).unwrap();
+    let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, "rot", dev_credential());
+    cfg.ca_pem = Some(emu.ca_pem.clone().unwrap().into_bytes());
+    cfg.cpk = Some(old.clone());
+    cfg.retry = fast_retry();
+    let client = BlobClient::new(cfg).unwrap();
+    client.create_container().await.unwrap();
+    for i in 0..16 {
+        client
+            .put_blob(
+                &format!("r/b{i:03}"),
+                Bytes::from(pattern(size_of(i), i as u64)),
+                &CommitOptions::default(),
+                Some(&old),
+            )
+            .await
+            .unwrap();
+    }
+    let key = secret(dir.path(), "acct", DEV_ACCOUNT_KEY);
+    let ring = secret(dir.path(), "ring", &format!("{NEW}\n{OLD}\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cpkfs"))
+        .args([
+            "rotate-cpk",
+            "--endpoint",
+            &emu.url,
+            "--account",
+            DEV_ACCOUNT,
+            "--container",
+            "rot",
+            "--block-size",
+            "64K",
+            "--prefix",
+            "r/",
+        ])
+        .arg("--account-key-file")
+        .arg(&key)
+        .arg("--cpk-file")
+        .arg(&ring)
+        .arg("--ca-file")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{text}{err}");
+    assert!(text.contains("0 failed"), "{text}");
+    assert_eq!(
+        err.matches("does not re-key blobs itself").count(),
+        1,
+        "logged once: {err}"
+    );
+    assert_eq!(under_key(&client, new.sha256()).await, 16);
+    for i in 0..16 {
+        let (b, _) = client
+            .read_range(
+                &format!("r/b{i:03}"),
+                ByteRange::from(0),
+                Some(&new),
+                &Conditions::default(),
+            )
+            .await
+            .unwrap();
+        assert!(b[..] == pattern(size_of(i), i as u64)[..]);
+    }
+}

@@ -180,3 +180,72 @@ async fn python_sdk_and_client_interoperate_with_cpk() {
     ])
     .await;
 }
+
+/// Server-side re-keying through the SDK (service version 2026-02-06): the SDK's
+/// `upload_blob_from_url` / `stage_block_from_url` with `source_cpk=` and `cpk=`
+/// against the emulator, from a blob our client wrote; our client reads the result
+/// with the new key. No blob bytes pass through either client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_rekeys_from_url_with_source_key() {
+    let emu = Emu::start().await;
+    let c0 = emu.new_container("sdkurl").await;
+    let key = random_key();
+    let other = random_key();
+    let c = emu.client(c0.container(), Some(&key));
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = Sdk {
+        emu: &emu,
+        ca: emu.ca_file(),
+        container: c.container().to_string(),
+        key: &key,
+        other: &other,
+    };
+    let data = pattern(3 * 1024 * 1024 + 77, 9);
+    c.upload(
+        "rust/src.bin",
+        &data[..],
+        &CommitOptions::default(),
+        Some(&key),
+        UploadOptions {
+            block_size: 1024 * 1024,
+            concurrency: 2,
+        },
+    )
+    .await
+    .unwrap();
+    let path = dir.path().join("src");
+    std::fs::write(&path, &data).unwrap();
+    emu.reset_stats().await;
+    let out = sdk
+        .run(&[
+            "rekey-from-url",
+            "rust/src.bin",
+            "sdk/rekeyed.bin",
+            path.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.contains("ok re-keyed"), "{out}");
+    let stats = emu.stats().await;
+    assert!(emu.count("PutBlobFromUrl").await >= 2, "{stats}");
+    assert!(emu.count("PutBlockFromUrl").await >= 3, "{stats}");
+    for name in ["sdk/rekeyed.bin", "sdk/rekeyed.bin.staged"] {
+        let p = c
+            .get_blob_properties(name, Some(&other), &Conditions::default())
+            .await
+            .unwrap();
+        assert_eq!(p.cpk_sha256.as_deref(), Some(other.sha256()), "{name}");
+        let got = drain(
+            c.get_blob(name, None, Some(&other), &Conditions::default())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(got == data, "{name}: bytes differ");
+        let e = c
+            .get_blob_properties(name, Some(&key), &Conditions::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_code("BlobCustomerSpecifiedEncryptionMismatch"), "{e}");
+    }
+}

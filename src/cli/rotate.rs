@@ -1,25 +1,37 @@
 //! `cpkfs rotate-cpk`: re-encrypt every blob under a prefix from the older
 //! keys of the ring to the current key, without a mount.
 //!
-//! The service cannot copy CPK blobs server-side at the pinned API version
-//! (Copy Blob and Put Block From URL refuse CPK sources), so each blob is
-//! streamed block by block — GET with the old key, Put Block with the new —
-//! and committed with If-Match on the ETag it started from: a blob changed
-//! meanwhile is skipped and reported. Each result is read back and checked
-//! (size and CRC-64) before it counts as rotated. Reruns skip blobs already
-//! under the current key, so an interrupted run completes when rerun.
+//! The service re-keys each blob itself where it can: Put Blob From URL (≤ 5,000
+//! MiB; larger blobs: Put Block From URL per range + Put Block List) from the
+//! blob onto itself, with the old key as the source key and the current key for
+//! the result (service version 2026-02-06), source pinned by its ETag. A service
+//! without that version is detected on the first blob (400, logged once) and the
+//! rest is streamed block by block — GET with the old key, Put Block with the new.
+//! Either way the commit carries If-Match on the ETag the blob started from: a blob
+//! changed meanwhile is skipped and reported. Each result is read back under the
+//! new key and checked (size, and CRC-64 against the CRC of what was read with the
+//! old key: computed while streaming, or reported by the service for what it
+//! copied) before it counts as rotated. Reruns skip blobs already under the current
+//! key, so an interrupted run completes when rerun.
 
 use super::mount::Plan;
 use super::MountArgs;
 use crate::blob::{
-    BlobClient, BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, CustomerKey,
-    ListOptions,
+    BlobClient, BlobError, BlobProperties, BlockIdGen, BlockRef, ByteRange, CommitOptions,
+    Conditions, CopySource, CustomerKey, ListOptions, WriteResult,
 };
 use anyhow::{bail, Result};
+use base64::Engine;
 use clap::Args;
 use futures::stream::{self, StreamExt};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Put Blob From URL re-keys up to 5,000 MiB in one request.
+const MAX_PUT_BLOB_FROM_URL: u64 = 5000 << 20;
+/// Larger blobs are re-keyed as Put Block From URL ranges of this size.
+const FROM_URL_BLOCK: u64 = 256 << 20;
 
 #[derive(Args, Clone)]
 pub struct RotateArgs {
@@ -43,13 +55,79 @@ enum Outcome {
     Failed(String),
 }
 
-/// Stream one blob from its old key to the current key, then verify it.
+/// The CRC-64 of each consecutive range of the content (end offset, CRC), as
+/// read with the old key; the read-back under the new key must match range by
+/// range.
+type Expected = Vec<(u64, u64)>;
+
+fn crc_from_header(v: &str) -> Option<u64> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+    Some(u64::from_le_bytes(raw.try_into().ok()?))
+}
+
+/// The service re-keys the blob onto itself. `Err(None)`: the service cannot
+/// (stream instead); `Err(Some(outcome))`: a final outcome.
+async fn rekey_on_server(
+    client: &BlobClient,
+    name: &str,
+    props: &BlobProperties,
+    old: &CustomerKey,
+    new: &CustomerKey,
+    opts: &CommitOptions,
+) -> Result<(WriteResult, Expected), Option<BlobError>> {
+    let src = CopySource {
+        name,
+        key: Some(old),
+        if_match: Some(&props.etag),
+    };
+    let size = props.content_length;
+    if size <= MAX_PUT_BLOB_FROM_URL {
+        let (w, crc) = client
+            .put_blob_from_url(name, &src, opts, Some(new))
+            .await
+            .map_err(Some)?;
+        let expected = crc
+            .as_deref()
+            .and_then(crc_from_header)
+            .map(|c| vec![(size, c)]);
+        return Ok((w, expected.unwrap_or_default()));
+    }
+    let ids = BlockIdGen::new();
+    let (mut refs, mut expected) = (vec![], vec![]);
+    let mut off = 0;
+    while off < size {
+        let end = (off + FROM_URL_BLOCK).min(size);
+        let id = ids.id(refs.len() as u64);
+        let crc = client
+            .put_block_from_url(name, &id, &src, ByteRange::new(off, end), Some(new))
+            .await
+            .map_err(Some)?;
+        // Without a CRC per block there is nothing to compare range by range.
+        match crc.as_deref().and_then(crc_from_header) {
+            Some(c) if expected.len() == refs.len() => expected.push((end, c)),
+            _ => expected.clear(),
+        }
+        refs.push(BlockRef::Uncommitted(id));
+        off = end;
+    }
+    let w = client
+        .put_block_list(name, &refs, opts, Some(new))
+        .await
+        .map_err(Some)?;
+    if expected.len() != refs.len() {
+        expected.clear();
+    }
+    Ok((w, expected))
+}
+
+/// Re-key one blob from its old key to the current key, then verify it.
 async fn rotate_one(
     client: &BlobClient,
     name: &str,
     old: &CustomerKey,
     new: &CustomerKey,
     block: u64,
+    streaming_only: &AtomicBool,
 ) -> Outcome {
     let props = match client
         .get_blob_properties(name, Some(old), &Conditions::default())
@@ -65,10 +143,46 @@ async fn rotate_one(
         conditions: cond.clone(),
     };
     let size = props.content_length;
+    let mut on_server = None;
+    if size > 0 && !streaming_only.load(Ordering::Relaxed) {
+        match rekey_on_server(client, name, &props, old, new, &opts).await {
+            Ok(r) => on_server = Some(r),
+            Err(Some(e)) if e.is_source_cpk_unsupported() => {
+                if !streaming_only.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the service does not re-key blobs itself (service version 2026-02-06 refused): streaming every blob through this machine");
+                }
+            }
+            Err(Some(e)) if matches!(e.status(), Some(412)) => return Outcome::Changed,
+            Err(Some(e)) => return Outcome::Failed(e.to_string()),
+            Err(None) => {}
+        }
+    }
+    let (written, expected) = match on_server {
+        Some(r) => r,
+        None => match stream_one(client, name, size, old, new, block, &cond, &opts).await {
+            Ok(r) => r,
+            Err(o) => return o,
+        },
+    };
+    verify(client, name, size, new, &written, &expected).await
+}
+
+/// Stream one blob: GET with the old key, Put Block with the new.
+#[allow(clippy::too_many_arguments)]
+async fn stream_one(
+    client: &BlobClient,
+    name: &str,
+    size: u64,
+    old: &CustomerKey,
+    new: &CustomerKey,
+    block: u64,
+    cond: &Conditions,
+    opts: &CommitOptions,
+) -> Result<(WriteResult, Expected), Outcome> {
     let mut crc = crc64fast_nvme::Digest::new();
     let commit = if size == 0 {
         client
-            .put_blob(name, bytes::Bytes::new(), &opts, Some(new))
+            .put_blob(name, bytes::Bytes::new(), opts, Some(new))
             .await
     } else {
         let ids = BlockIdGen::new();
@@ -77,31 +191,63 @@ async fn rotate_one(
         while off < size {
             let end = (off + block).min(size);
             let data = match client
-                .read_range(name, ByteRange::new(off, end), Some(old), &cond)
+                .read_range(name, ByteRange::new(off, end), Some(old), cond)
                 .await
             {
                 Ok((d, _)) => d,
-                Err(e) if e.status() == Some(412) => return Outcome::Changed,
-                Err(e) => return Outcome::Failed(e.to_string()),
+                Err(e) if e.status() == Some(412) => return Err(Outcome::Changed),
+                Err(e) => return Err(Outcome::Failed(e.to_string())),
             };
             crc.write(&data);
             let id = ids.id(refs.len() as u64);
             if let Err(e) = client.put_block(name, &id, data, Some(new)).await {
-                return Outcome::Failed(e.to_string());
+                return Err(Outcome::Failed(e.to_string()));
             }
             refs.push(BlockRef::Uncommitted(id));
             off = end;
         }
-        client.put_block_list(name, &refs, &opts, Some(new)).await
+        client.put_block_list(name, &refs, opts, Some(new)).await
     };
-    let written = match commit {
-        Ok(w) => w,
-        Err(e) if e.status() == Some(412) => return Outcome::Changed,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
-    // Verify: read back under the new key, compare size and CRC-64.
-    let mut check = crc64fast_nvme::Digest::new();
+    match commit {
+        Ok(w) => Ok((w, vec![(size, crc.sum64())])),
+        Err(e) if e.status() == Some(412) => Err(Outcome::Changed),
+        Err(e) => Err(Outcome::Failed(e.to_string())),
+    }
+}
+
+/// Read the new version back under the new key: its size, and its CRC-64 range by
+/// range against `expected` (when the service reported no CRC for what it copied,
+/// `expected` is empty and the check is the size and a complete, decryptable
+/// read under the new key).
+async fn verify(
+    client: &BlobClient,
+    name: &str,
+    size: u64,
+    new: &CustomerKey,
+    written: &WriteResult,
+    expected: &Expected,
+) -> Outcome {
+    let mut digest = crc64fast_nvme::Digest::new();
     let mut got = 0u64;
+    let mut next = 0usize;
+    let mut mismatch = false;
+    let mut take = |mut c: &[u8], got: &mut u64, digest: &mut crc64fast_nvme::Digest| {
+        while !c.is_empty() {
+            let Some(&(end, want)) = expected.get(next) else {
+                *got += c.len() as u64;
+                return;
+            };
+            let n = ((end - *got) as usize).min(c.len());
+            digest.write(&c[..n]);
+            *got += n as u64;
+            c = &c[n..];
+            if *got == end {
+                mismatch |= digest.sum64() != want;
+                *digest = crc64fast_nvme::Digest::new();
+                next += 1;
+            }
+        }
+    };
     match client
         .get_blob(
             name,
@@ -113,17 +259,14 @@ async fn rotate_one(
     {
         Ok(mut dl) => loop {
             match dl.next_chunk().await {
-                Ok(Some(c)) => {
-                    got += c.len() as u64;
-                    check.write(&c);
-                }
+                Ok(Some(c)) => take(&c, &mut got, &mut digest),
                 Ok(None) => break,
                 Err(e) => return Outcome::Failed(format!("verification read failed: {e}")),
             }
         },
         Err(e) => return Outcome::Failed(format!("verification read failed: {e}")),
     }
-    if got != size || check.sum64() != crc.sum64() {
+    if got != size || mismatch || (size > 0 && !expected.is_empty() && next != expected.len()) {
         return Outcome::Failed(format!(
             "verification failed: {got} bytes read back of {size}, or content differs"
         ));
@@ -208,13 +351,15 @@ pub fn run(a: RotateArgs) -> Result<()> {
             None
         };
         let n = todo.len();
+        let streaming_only = Arc::new(AtomicBool::new(false));
         let results: Vec<(String, Outcome)> = stream::iter(todo)
             .map(|(name, _, old)| {
                 let client = client.clone();
                 let current = current.clone();
                 let bar = bar.clone();
+                let streaming_only = streaming_only.clone();
                 async move {
-                    let o = rotate_one(&client, &name, &old, &current, block).await;
+                    let o = rotate_one(&client, &name, &old, &current, block, &streaming_only).await;
                     match (&o, &bar) {
                         (Outcome::Rotated(sz), Some(b)) => {
                             b.inc(*sz);

@@ -5,8 +5,7 @@
 use super::{fast_retry, unique};
 use cpkfs::blob::*;
 use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,22 +64,7 @@ impl Emu {
     pub fn spawn() -> Emu {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let mut child = Command::new(super::exe::emulator_exe())
-            .args(["--listen", "127.0.0.1:0", "--ca-out"])
-            .arg(&ca)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn cpkfs-emulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from cpkfs-emulator: {line:?}"))
-            .to_string();
+        let (child, url) = super::exe::spawn_emulator(&ca, &[], Stdio::null());
         let ca_pem = std::fs::read_to_string(&ca).unwrap();
         Emu {
             url,

@@ -12,7 +12,7 @@
 use crate::common::azurite::Azurite;
 use crate::common::{dev_credential, fast_retry, unique};
 use cpkfs::blob::{BlobClient, ClientConfig, CustomerKey, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub attr_ttl: String,
     /// More `cpkfs mount` arguments.
     pub extra: Vec<String>,
+    /// More `cpkfs-emulator` arguments (e.g. `--no-source-cpk`).
+    pub emulator_args: Vec<String>,
 }
 
 impl Default for MountOptions {
@@ -48,6 +50,7 @@ impl Default for MountOptions {
             cache_size: "256M".into(),
             attr_ttl: "3".into(),
             extra: vec![],
+            emulator_args: vec![],
         }
     }
 }
@@ -98,24 +101,10 @@ pub fn is_mounted(p: &Path) -> bool {
 }
 
 /// Start `cpkfs-emulator` on a free port; returns (child, base URL, CA PEM).
-fn start_emulator(dir: &Path) -> (Child, String, Vec<u8>) {
+fn start_emulator(dir: &Path, args: &[String]) -> (Child, String, Vec<u8>) {
     let ca = dir.join("ca.pem");
-    let mut child = Command::new(crate::common::exe::emulator_exe())
-        .args(["--listen", "127.0.0.1:0", "--ca-out"])
-        .arg(&ca)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start cpkfs-emulator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"))
-        .to_string();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (child, url) = crate::common::exe::spawn_emulator(&ca, &extra, Stdio::inherit());
     let pem = std::fs::read(&ca).expect("emulator wrote its CA");
     (child, url, pem)
 }
@@ -139,7 +128,7 @@ impl Mount {
 
         let (emulator, azurite, endpoint, admin_url, ca_pem) = match opts.service {
             Service::Emulator | Service::EmulatorNoCpk => {
-                let (child, url, pem) = start_emulator(dir.path());
+                let (child, url, pem) = start_emulator(dir.path(), &opts.emulator_args);
                 let ep = format!("{url}/{DEV_ACCOUNT}");
                 (Some(child), None, ep, Some(url), Some(pem))
             }

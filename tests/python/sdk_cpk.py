@@ -17,6 +17,11 @@ Subcommands (exit status 0 = every check passed; otherwise a message on stderr):
                                    wrong key -> BlobCustomerSpecifiedEncryptionMismatch
   list PREFIX BLOB...              listing shows the key hash (CustomerProvidedKeySha256) and
                                    encrypted (hidden) metadata for each BLOB
+  rekey-from-url SRC DST DATA_FILE SRC is under CPK: upload_blob_from_url to DST with
+                                   source_cpk=CPK, cpk=CPK_OTHER (2026-02-06, source SAS made by
+                                   the SDK), stage_block_from_url in two ranges to DST.staged;
+                                   both read back with CPK_OTHER and compared with DATA_FILE;
+                                   missing / wrong source key -> the GET's 409 codes
 """
 import base64
 import hashlib
@@ -24,7 +29,15 @@ import os
 import sys
 
 from azure.core.exceptions import HttpResponseError
-from azure.storage.blob import BlobBlock, BlobServiceClient, CustomerProvidedEncryptionKey
+import datetime
+
+from azure.storage.blob import (
+    BlobBlock,
+    BlobSasPermissions,
+    BlobServiceClient,
+    CustomerProvidedEncryptionKey,
+    generate_blob_sas,
+)
 
 METADATA = {"origin": "sdk", "mode": "0644"}
 
@@ -50,11 +63,11 @@ def cpk_from(b64):
     )
 
 
-def service(**kw):
+def service(api_version="2021-08-06", **kw):
     return BlobServiceClient(
         account_url=env("EMU_ACCOUNT_URL"),
         credential={"account_name": env("EMU_ACCOUNT"), "account_key": env("EMU_ACCOUNT_KEY")},
-        api_version="2021-08-06",
+        api_version=api_version,
         connection_verify=env("EMU_CA_FILE"),
         **kw,
     )
@@ -167,6 +180,57 @@ def list_blobs(prefix, *blobs):
     print(f"ok listed {len(blobs)} CPK blobs with their key hash")
 
 
+def rekey_from_url(src, dst, path):
+    want = read(path)
+    key, other = cpk_from(env("CPK")), cpk_from(env("CPK_OTHER"))
+    cc = service(api_version="2026-02-06", retry_total=0).get_container_client(env("EMU_CONTAINER"))
+    sas = generate_blob_sas(
+        env("EMU_ACCOUNT"),
+        env("EMU_CONTAINER"),
+        src,
+        account_key=env("EMU_ACCOUNT_KEY"),
+        permission=BlobSasPermissions(read=True),
+        expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=10),
+    )
+    url = cc.get_blob_client(src).url + "?" + sas
+    props = cc.get_blob_client(src).get_blob_properties(cpk=key)
+    dbc = cc.get_blob_client(dst)
+    r = dbc.upload_blob_from_url(
+        url, source_cpk=key, cpk=other, overwrite=True, metadata=METADATA, source_etag=props.etag,
+        source_match_condition=__import__("azure.core", fromlist=["MatchConditions"]).MatchConditions.IfNotModified,
+    )
+    if r.get("encryption_key_sha256") != other.key_hash:
+        fail(f"upload_blob_from_url: encryption_key_sha256 {r.get('encryption_key_sha256')!r}")
+    got = dbc.download_blob(cpk=other).readall()
+    if got != want:
+        fail(f"upload_blob_from_url: {len(got)} bytes read back, expected {len(want)}, content differs")
+    sbc = cc.get_blob_client(dst + ".staged")
+    half = len(want) // 2
+    ids = []
+    for i, (off, n) in enumerate([(0, half), (half, len(want) - half)]):
+        bid = base64.b64encode(f"url-block-{i:04d}".encode()).decode()
+        sbc.stage_block_from_url(bid, url, source_offset=off, source_length=n, source_cpk=key, cpk=other)
+        ids.append(BlobBlock(block_id=bid))
+    sbc.commit_block_list(ids, cpk=other)
+    got = sbc.download_blob(cpk=other).readall()
+    if got != want:
+        fail("stage_block_from_url: content differs")
+    expect_code(
+        "upload_blob_from_url without source key",
+        lambda: cc.get_blob_client(dst + ".x").upload_blob_from_url(url, cpk=other, overwrite=True),
+        "BlobUsesCustomerSpecifiedEncryption",
+    )
+    expect_code(
+        "stage_block_from_url with the wrong source key",
+        lambda: sbc.stage_block_from_url(
+            base64.b64encode(b"url-block-9999").decode(), url, source_offset=0, source_length=10,
+            source_cpk=other, cpk=other,
+        ),
+        "BlobCustomerSpecifiedEncryptionMismatch",
+    )
+    print(f"ok re-keyed {len(want)} bytes from URL")
+
+
 def main(argv):
     if len(argv) < 2:
         fail(__doc__)
@@ -177,6 +241,7 @@ def main(argv):
         "download": download,
         "errors": errors,
         "list": list_blobs,
+        "rekey-from-url": rekey_from_url,
     }
     if cmd not in table:
         fail(f"unknown subcommand {cmd}")

@@ -105,6 +105,19 @@ impl CustomerKey {
     }
 }
 
+impl CustomerKey {
+    /// The same key as the *source* of a From-URL request
+    /// (`x-ms-source-encryption-*`, service version ≥ 2026-02-06).
+    pub fn source_headers(&self) -> [(&'static str, http::HeaderValue); 3] {
+        let [(_, key), (_, sha), (_, alg)] = self.headers();
+        [
+            ("x-ms-source-encryption-key", key),
+            ("x-ms-source-encryption-key-sha256", sha),
+            ("x-ms-source-encryption-algorithm", alg),
+        ]
+    }
+}
+
 impl fmt::Debug for CustomerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CustomerKey {{ sha256: {} }}", self.sha256_b64)

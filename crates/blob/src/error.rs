@@ -167,6 +167,33 @@ impl BlobError {
     pub fn is_code(&self, code: &str) -> bool {
         self.code() == Some(code)
     }
+
+    /// A From-URL request with a source key refused because the service (or the
+    /// account) does not take service version 2026-02-06 or the source-key headers:
+    /// 400 `InvalidHeaderValue` (Azure and Azurite for an unknown `x-ms-version` or
+    /// header) or an unsupported-version/feature code. Callers fall back to
+    /// streaming the bytes. Source-key refusals of a service that does support
+    /// them are 409s and are not this.
+    pub fn is_source_cpk_unsupported(&self) -> bool {
+        match self.service() {
+            Some(s) => {
+                (s.status == 400
+                    && matches!(
+                        s.code.as_deref(),
+                        Some("InvalidHeaderValue")
+                            | Some("UnsupportedHeader")
+                            | Some("InvalidQueryParameterValue")
+                            | Some("UnsupportedHttpVerb")
+                    ))
+                    || matches!(
+                        s.code.as_deref(),
+                        Some("FeatureNotSupported") | Some("NotImplemented")
+                    )
+                    || s.status == 501
+            }
+            None => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ pub use upload::UploadOptions;
 /// The service version every request pins (reference §1.2): CPK, CRC-64 and
 /// large blocks are on, and Azurite and the official SDK accept it.
 pub const API_VERSION: &str = "2021-08-06";
+/// The first service version that takes the source's customer-provided key on
+/// Put Blob/Block From URL (server-side re-keying, reference §3.8). Sent only on
+/// those requests, and only when the source has a key.
+pub const SOURCE_CPK_VERSION: &str = "2026-02-06";
 
 /// The storage emulators' well-known account.
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";

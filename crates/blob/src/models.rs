@@ -125,6 +125,17 @@ pub struct CommitOptions {
     pub conditions: Conditions,
 }
 
+/// The source of a Put Blob/Block From URL: a blob of the same container, its
+/// customer-provided key (if it has one) and the ETag it must still have.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySource<'a> {
+    pub name: &'a str,
+    pub key: Option<&'a crate::cpk::CustomerKey>,
+    /// Sent as `x-ms-source-if-match`: the copy fails (412) rather than read
+    /// another version.
+    pub if_match: Option<&'a str>,
+}
+
 /// Result of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteResult {

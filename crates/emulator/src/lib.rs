@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cpk;
 pub mod error;
+pub mod from_url;
 pub mod keyvault;
 pub mod ops;
 pub mod server;
@@ -48,10 +49,17 @@ pub struct EmulatorConfig {
     pub data_dir: Option<PathBuf>,
     /// Accept CPK headers on the plain-http listener (tests only).
     pub allow_cpk_over_http: bool,
+    /// Serve versions ≥ 2026-02-06 (source keys on Put Blob/Block From URL);
+    /// false answers them like an older service (`--no-source-cpk`).
+    pub source_cpk: bool,
     /// Key Vault identities (`keyvault.rs`, `token.rs`).
     pub vault_identities: Vec<token::Identity>,
     /// Lifetime of issued tokens in seconds [default: 3600].
     pub vault_token_lifetime: Option<u64>,
+    /// Key Vaults, each served at the root of its own listener (`--vault
+    /// NAME=ADDR`), the first being the default. Empty: one vault
+    /// [`keyvault::DEFAULT_VAULT`] on a free port of the main listener's address.
+    pub vaults: Vec<(String, SocketAddr)>,
 }
 
 impl Default for EmulatorConfig {
@@ -65,8 +73,10 @@ impl Default for EmulatorConfig {
             )],
             data_dir: None,
             allow_cpk_over_http: false,
+            source_cpk: true,
             vault_identities: Vec::new(),
             vault_token_lifetime: None,
+            vaults: Vec::new(),
         }
     }
 }
@@ -76,6 +86,8 @@ pub struct EmulatorHandle {
     pub url: String,
     /// PEM of the self-signed CA that issued the server certificate (TLS only).
     pub ca_pem: Option<String>,
+    /// The Key Vaults and their base URLs, the default vault first.
+    pub vaults: Vec<keyvault::VaultSite>,
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -88,6 +100,11 @@ impl EmulatorHandle {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The default vault's base URL (what `https://NAME.vault.azure.net` is in Azure).
+    pub fn vault_url(&self) -> &str {
+        &self.vaults[0].url
     }
 
     /// Stop accepting, close connections (after in-flight requests, up to 5 s) and return.
@@ -165,50 +182,103 @@ pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
         .context("loading persisted state")?;
 
     let tls = if config.tls { Some(make_tls()?) } else { None };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let (listener, url) = bind(config.listen, config.tls).await?;
     let addr = listener.local_addr()?;
-    let scheme = if config.tls { "https" } else { "http" };
-    let host = match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    let vault_addrs = if config.vaults.is_empty() {
+        vec![(
+            keyvault::DEFAULT_VAULT.to_string(),
+            SocketAddr::new(config.listen.ip(), 0),
+        )]
+    } else {
+        config.vaults.clone()
     };
-    let url = format!("{scheme}://{host}:{}", addr.port());
+    let mut vault_listeners = Vec::new();
+    for (name, vaddr) in &vault_addrs {
+        let (l, vurl) = bind(*vaddr, config.tls)
+            .await
+            .with_context(|| format!("vault {name}"))?;
+        vault_listeners.push((
+            l,
+            keyvault::VaultSite {
+                name: name.clone(),
+                url: vurl,
+            },
+        ));
+    }
 
     let shared = Arc::new(Shared {
         state: Mutex::new(State { accounts }),
         disk,
         tls: config.tls,
         allow_cpk_over_http: config.allow_cpk_over_http,
+        source_cpk: config.source_cpk,
         stats: Stats::default(),
         faults: Mutex::new(None),
         base_url: Mutex::new(url.clone()),
         kv: keyvault::KvState::new(config.vault_identities.clone(), config.vault_token_lifetime),
     });
+    let sites: Vec<keyvault::VaultSite> = vault_listeners.iter().map(|(_, s)| s.clone()).collect();
+    shared.kv.set_sites(sites.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
-    let task = tokio::spawn(accept_loop(listener, acceptor, shared, stop_rx));
+    let mut loops = tokio::task::JoinSet::new();
+    for (l, site) in vault_listeners {
+        let shared = shared.clone();
+        let site = Arc::new(site);
+        let svc = move |req| {
+            let (shared, site) = (shared.clone(), site.clone());
+            async move {
+                let base = shared.base_url.lock().unwrap().clone();
+                Ok::<_, std::io::Error>(keyvault::handle_vault(&shared.kv, &base, &site, req).await)
+            }
+        };
+        loops.spawn(accept_loop(l, acceptor.clone(), svc, stop_rx.clone()));
+    }
+    let svc = move |req| server::handle(shared.clone(), req);
+    loops.spawn(accept_loop(listener, acceptor, svc, stop_rx));
+    let task = tokio::spawn(async move { while loops.join_next().await.is_some() {} });
     Ok(EmulatorHandle {
         url,
         ca_pem: tls.map(|t| t.ca_pem),
+        vaults: sites,
         addr,
         stop: stop_tx,
         task,
     })
 }
 
+/// Bind `addr`; returns the listener and its base URL.
+async fn bind(addr: SocketAddr, tls: bool) -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    let scheme = if tls { "https" } else { "http" };
+    let host = match bound {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    Ok((listener, format!("{scheme}://{host}:{}", bound.port())))
+}
+
 /// Read buffer between the socket and rustls (HTTPS only).
 const TLS_READ_BUF: usize = 256 * 1024;
 
-async fn accept_loop(
+/// One listener's connections; `svc` answers each request (the blob
+/// service and admin on the main listener, a vault on a vault listener).
+async fn accept_loop<S, F>(
     listener: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
+    svc: S,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<server::RespBody>, std::io::Error>>
+        + Send
+        + 'static,
+{
     let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -216,7 +286,7 @@ async fn accept_loop(
             r = listener.accept() => {
                 let Ok((tcp, _peer)) = r else { continue };
                 let _ = tcp.set_nodelay(true);
-                let shared = shared.clone();
+                let svc = svc.clone();
                 let acceptor = acceptor.clone();
                 let stop = stop.clone();
                 conns.spawn(async move {
@@ -226,10 +296,10 @@ async fn accept_loop(
                             // turns that into few large reads (fewer syscalls and ACKs).
                             let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUF, tcp);
                             if let Ok(tls) = acc.accept(tcp).await {
-                                serve(TokioIo::new(tls), shared, stop).await;
+                                serve(TokioIo::new(tls), svc, stop).await;
                             }
                         }
-                        None => serve(TokioIo::new(tcp), shared, stop).await,
+                        None => serve(TokioIo::new(tcp), svc, stop).await,
                     }
                 });
             }
@@ -244,11 +314,15 @@ async fn accept_loop(
     conns.abort_all();
 }
 
-async fn serve<I>(io: TokioIo<I>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+async fn serve<I, S, F>(io: TokioIo<I>, svc: S, mut stop: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + 'static,
+    F: std::future::Future<Output = Result<hyper::Response<server::RespBody>, std::io::Error>>
+        + Send
+        + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| server::handle(shared.clone(), req));
+    let svc = hyper::service::service_fn(svc);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -20,7 +20,7 @@ use super::error::{xml_escape, ApiError};
 use super::server::{empty, full, Req, RespBody, Shared};
 use super::store::{new_etag, next_seq, BlobEntry, Block, Committed, Container, CopyInfo, Props};
 
-type R = Result<Response<RespBody>, ApiError>;
+pub(crate) type R = Result<Response<RespBody>, ApiError>;
 
 /// Response bodies are sent (and decrypted) in frames of at most this many bytes, so
 /// a frame is still in cache when TLS encrypts it, and a truncated response can cut
@@ -65,6 +65,8 @@ pub async fn dispatch(shared: &Arc<Shared>, op: &str, req: Req) -> R {
         "SetBlobMetadata" => set_blob_metadata(shared, req),
         "SetBlobProperties" => set_blob_properties(shared, req),
         "CopyBlob" => copy_blob(shared, req),
+        "PutBlobFromUrl" => super::from_url::put_blob_from_url(shared, req).await,
+        "PutBlockFromUrl" => super::from_url::put_block_from_url(shared, req).await,
         _ => Err(ApiError::unsupported()),
     }
 }
@@ -73,7 +75,11 @@ pub async fn dispatch(shared: &Arc<Shared>, op: &str, req: Req) -> R {
 // helpers
 // ---------------------------------------------------------------------------------
 
-fn request_cpk(shared: &Shared, req: &Req, write: bool) -> Result<Option<CpkKey>, ApiError> {
+pub(crate) fn request_cpk(
+    shared: &Shared,
+    req: &Req,
+    write: bool,
+) -> Result<Option<CpkKey>, ApiError> {
     if cpk::any_cpk_header(&req.headers) && !req.tls && !shared.allow_cpk_over_http {
         return Err(ApiError::new(
             400,
@@ -94,7 +100,7 @@ fn is_identifier(name: &str) -> bool {
 }
 
 /// `x-ms-meta-*` headers, validated (§1.5).
-fn parse_metadata(req: &Req) -> Result<Vec<(String, String)>, ApiError> {
+pub(crate) fn parse_metadata(req: &Req) -> Result<Vec<(String, String)>, ApiError> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut total = 0usize;
     for name in req.headers.keys() {
@@ -133,7 +139,7 @@ fn parse_metadata(req: &Req) -> Result<Vec<(String, String)>, ApiError> {
     Ok(out)
 }
 
-fn blob_props(req: &Req) -> Props {
+pub(crate) fn blob_props(req: &Req) -> Props {
     let g = |n: &str| req.h(n).map(str::to_string);
     Props {
         content_type: g("x-ms-blob-content-type"),
@@ -207,7 +213,11 @@ fn etag_list_matches(list: &str, etag: &str) -> bool {
 }
 
 /// Conditional headers (§4.16). `current` is the committed blob, if any.
-fn check_conditions(req: &Req, current: Option<&Committed>, read: bool) -> Result<(), ApiError> {
+pub(crate) fn check_conditions(
+    req: &Req,
+    current: Option<&Committed>,
+    read: bool,
+) -> Result<(), ApiError> {
     let if_match = req.h("if-match");
     let if_none = req.h("if-none-match");
     let ims = req
@@ -262,7 +272,7 @@ fn check_conditions(req: &Req, current: Option<&Committed>, read: bool) -> Resul
     Ok(())
 }
 
-fn container_mut<'a>(
+pub(crate) fn container_mut<'a>(
     st: &'a mut super::store::State,
     req: &Req,
 ) -> Result<&'a mut Container, ApiError> {
@@ -282,7 +292,11 @@ fn committed_of(shared: &Shared, req: &Req) -> Result<Arc<Committed>, ApiError> 
         .ok_or_else(ApiError::blob_not_found)
 }
 
-fn persist_blob(shared: &Shared, req: &Req, entry: Option<&BlobEntry>) -> Result<(), ApiError> {
+pub(crate) fn persist_blob(
+    shared: &Shared,
+    req: &Req,
+    entry: Option<&BlobEntry>,
+) -> Result<(), ApiError> {
     shared
         .disk
         .save_blob(&req.account, &req.container, &req.blob, entry)
@@ -292,7 +306,7 @@ fn persist_blob(shared: &Shared, req: &Req, entry: Option<&BlobEntry>) -> Result
         })
 }
 
-fn write_cpk_headers(b: Builder, key: Option<&CpkKey>) -> Builder {
+pub(crate) fn write_cpk_headers(b: Builder, key: Option<&CpkKey>) -> Builder {
     let b = b.header("x-ms-request-server-encrypted", "true");
     match key {
         Some(k) => b.header("x-ms-encryption-key-sha256", k.sha.as_str()),
@@ -300,7 +314,7 @@ fn write_cpk_headers(b: Builder, key: Option<&CpkKey>) -> Builder {
     }
 }
 
-fn etag_headers(b: Builder, etag: &str, lm: &DateTime<Utc>) -> Builder {
+pub(crate) fn etag_headers(b: Builder, etag: &str, lm: &DateTime<Utc>) -> Builder {
     b.header("etag", format!("\"{etag}\""))
         .header("last-modified", rfc1123(lm))
 }
@@ -787,7 +801,7 @@ fn list_blobs(shared: &Shared, req: Req) -> R {
 // ---------------------------------------------------------------------------------
 
 /// Parse `bytes=a-b` / `bytes=a-`.
-fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
     let r = v.trim().strip_prefix("bytes=")?;
     let (a, b) = r.split_once('-')?;
     let start = a.trim().parse::<u64>().ok()?;
@@ -805,7 +819,7 @@ fn parse_range(v: &str) -> Option<(u64, Option<u64>)> {
 }
 
 /// Segments (block, offset in block, length) covering [start, end).
-fn segments(c: &Committed, start: u64, end: u64) -> Vec<(Arc<Block>, u64, u64)> {
+pub(crate) fn segments(c: &Committed, start: u64, end: u64) -> Vec<(Arc<Block>, u64, u64)> {
     let mut out = Vec::new();
     let mut pos = 0u64;
     for (_, b) in &c.blocks {
@@ -1112,20 +1126,42 @@ fn put_block(shared: &Shared, mut req: Req) -> R {
     let (md5, crc) = check_transactional(&req)?;
     let enc = req.body_encrypted.take();
     let block = make_block(shared, body, enc, key.as_ref())?;
+    stage_block(shared, &req, id, decoded.len(), block, key.as_ref())?;
+    let mut b = Response::builder()
+        .status(201)
+        .header("content-length", "0");
+    b = match md5 {
+        Some(m) => b.header("content-md5", m),
+        None => b.header("x-ms-content-crc64", crc),
+    };
+    Ok(write_cpk_headers(b, key.as_ref()).body(empty()).unwrap())
+}
+
+/// Add a received or copied block to the blob's uncommitted blocks: the block IDs of
+/// one blob must have one length, and the key must agree with the blocks already
+/// staged (§3.7).
+pub(crate) fn stage_block(
+    shared: &Shared,
+    req: &Req,
+    id: String,
+    id_len: usize,
+    block: Arc<Block>,
+    key: Option<&CpkKey>,
+) -> Result<(), ApiError> {
     let mut st = shared.state.lock().unwrap();
-    let cont = container_mut(&mut st, &req)?;
+    let cont = container_mut(&mut st, req)?;
     let entry = cont.blobs.entry(req.blob.clone()).or_default();
     let check = (|| {
         if let Some((other_id, (_, other))) = entry.uncommitted.iter().next() {
             let other_len = B64.decode(other_id).map(|d| d.len()).unwrap_or(0);
-            if other_len != decoded.len() {
+            if other_len != id_len {
                 return Err(ApiError::new(
                     400,
                     "InvalidBlobOrBlock",
                     "The specified blob or block content is invalid.",
                 ));
             }
-            cpk::check(other.key_sha.as_deref(), key.as_ref())?;
+            cpk::check(other.key_sha.as_deref(), key)?;
         }
         if !entry.uncommitted.contains_key(&id) && entry.uncommitted.len() >= 100_000 {
             return Err(ApiError::new(
@@ -1143,15 +1179,7 @@ fn put_block(shared: &Shared, mut req: Req) -> R {
         return Err(e);
     }
     entry.uncommitted.insert(id, (next_seq(), block));
-    persist_blob(shared, &req, Some(entry))?;
-    let mut b = Response::builder()
-        .status(201)
-        .header("content-length", "0");
-    b = match md5 {
-        Some(m) => b.header("content-md5", m),
-        None => b.header("x-ms-content-crc64", crc),
-    };
-    Ok(write_cpk_headers(b, key.as_ref()).body(empty()).unwrap())
+    persist_blob(shared, req, Some(entry))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

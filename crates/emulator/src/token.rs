@@ -1,10 +1,16 @@
 //! The emulator's Microsoft Entra ID stand-in (reference §7.5): identities,
 //! bearer tokens, and the three token endpoints cpkfs uses:
 //!
-//! - client credentials: `POST /__entra/{tenant}/oauth2/v2.0/token` (form
+//! - client credentials: `POST /{tenant}/oauth2/v2.0/token` (form
 //!   `client_id`, `client_secret`, `grant_type=client_credentials`,
 //!   `scope=https://vault.azure.net/.default`; the v1 `/oauth2/token` with
-//!   `resource=` too). Reached through `AZURE_AUTHORITY_HOST=https://HOST:PORT/__entra`.
+//!   `resource=` too). Reached through `AZURE_AUTHORITY_HOST=https://HOST:PORT`:
+//!   like `login.microsoftonline.com`, the authority host has no path, since
+//!   MSAL and the SDKs take the first path segment as the tenant.
+//! - the documents MSAL reads before its first token request: the OpenID
+//!   configuration `GET /{tenant}/v2.0/.well-known/openid-configuration` (v1:
+//!   `/{tenant}/.well-known/openid-configuration`) and instance discovery
+//!   `GET /common/discovery/instance?authorization_endpoint=…`.
 //! - IMDS: `GET /metadata/identity/oauth2/token?api-version=…&resource=…[&client_id=…]`
 //!   with `Metadata: true` (numbers as strings, as IMDS sends them).
 //! - App Service: `GET /__msi/token?api-version=2019-08-01&resource=…` with
@@ -180,7 +186,7 @@ impl Entra {
         let audience_ok = if v1 {
             f.get("resource").map(|r| r.trim_end_matches('/')) == Some(VAULT_RESOURCE)
         } else {
-            f.get("scope").map(String::as_str) == Some(&format!("{VAULT_RESOURCE}/.default"))
+            vault_scope(f.get("scope").map(String::as_str).unwrap_or(""))
         };
         if !audience_ok {
             return aad_error(
@@ -330,6 +336,157 @@ impl Entra {
     }
 }
 
+/// A v2 `scope` parameter asking for a Key Vault token. MSAL may add the
+/// OpenID scopes (`openid profile offline_access`) to what the caller asked;
+/// Entra ignores those for client credentials, and so does the emulator.
+fn vault_scope(scope: &str) -> bool {
+    let want = format!("{VAULT_RESOURCE}/.default");
+    let mut found = false;
+    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+        match s {
+            "openid" | "profile" | "offline_access" => {}
+            s if s == want => found = true,
+            _ => return false,
+        }
+    }
+    found
+}
+
+/// An Entra ID endpoint of the authority host (the emulator's main listener).
+#[derive(Debug, PartialEq)]
+pub enum EntraRoute {
+    /// `/{tenant}/oauth2/v2.0/token`, or v1 `/{tenant}/oauth2/token`.
+    Token { tenant: String, v1: bool },
+    /// `/{tenant}/v2.0/.well-known/openid-configuration` (`v2`), or
+    /// `/{tenant}/.well-known/openid-configuration`.
+    OpenIdConfiguration { tenant: String, v2: bool },
+    /// `/common/discovery/instance` (MSAL's authority validation).
+    InstanceDiscovery,
+}
+
+/// Which Entra endpoint `path` is, if any. The first segment must be the
+/// emulator's tenant or one of Entra's aliases (`common`, `organizations`),
+/// and the rest one of the fixed tails, so blob paths never match unless an
+/// account is named `common` or `organizations` and holds exactly such a path.
+pub fn entra_route(tenant: &str, path: &str) -> Option<EntraRoute> {
+    let rest = path.strip_prefix('/')?;
+    let (first, tail) = rest.split_once('/')?;
+    let known = first.eq_ignore_ascii_case(tenant) || matches!(first, "common" | "organizations");
+    if !known {
+        return None;
+    }
+    let t = first.to_string();
+    match tail {
+        "oauth2/v2.0/token" => Some(EntraRoute::Token {
+            tenant: t,
+            v1: false,
+        }),
+        "oauth2/token" => Some(EntraRoute::Token {
+            tenant: t,
+            v1: true,
+        }),
+        "v2.0/.well-known/openid-configuration" => Some(EntraRoute::OpenIdConfiguration {
+            tenant: t,
+            v2: true,
+        }),
+        ".well-known/openid-configuration" => Some(EntraRoute::OpenIdConfiguration {
+            tenant: t,
+            v2: false,
+        }),
+        "discovery/instance" if first == "common" => Some(EntraRoute::InstanceDiscovery),
+        _ => None,
+    }
+}
+
+/// The OpenID configuration of `base/tenant` (MSAL reads `token_endpoint`,
+/// `authorization_endpoint` and `issuer`). The aliases get Entra's
+/// `{tenantid}` placeholder in the issuer.
+pub fn openid_configuration(base: &str, tenant: &str, v2: bool) -> TokenReply {
+    let issuer_tenant = if matches!(tenant, "common" | "organizations") {
+        "{tenantid}"
+    } else {
+        tenant
+    };
+    let (oauth, issuer, keys) = if v2 {
+        (
+            format!("{base}/{tenant}/oauth2/v2.0"),
+            format!("{base}/{issuer_tenant}/v2.0"),
+            format!("{base}/{tenant}/discovery/v2.0/keys"),
+        )
+    } else {
+        (
+            format!("{base}/{tenant}/oauth2"),
+            format!("{base}/{issuer_tenant}/"),
+            format!("{base}/common/discovery/keys"),
+        )
+    };
+    (
+        200,
+        json!({
+            "token_endpoint": format!("{oauth}/token"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": keys,
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": issuer,
+            "request_uri_parameter_supported": false,
+            "authorization_endpoint": format!("{oauth}/authorize"),
+            "device_authorization_endpoint": format!("{oauth}/devicecode"),
+            "end_session_endpoint": format!("{oauth}/logout"),
+            "http_logout_supported": true,
+            "frontchannel_logout_supported": true,
+            "tenant_region_scope": null,
+            "cloud_instance_name": "cpkfs-emulator",
+        }),
+    )
+}
+
+/// Instance discovery (`GET /common/discovery/instance?api-version=1.1&
+/// authorization_endpoint=https://HOST/TENANT/oauth2/v2.0/authorize`): MSAL
+/// asks it whether an authority is valid and where its OpenID configuration
+/// is. Only the emulator's own host is valid; MSAL drops the port from the
+/// `authorization_endpoint` it sends, so the answer puts it back.
+pub fn instance_discovery(base: &str, tenant: &str, query: &[(String, String)]) -> TokenReply {
+    let invalid = || {
+        aad_error(
+            400,
+            "invalid_instance",
+            50049,
+            "Unknown or invalid instance.",
+        )
+    };
+    let Some(endpoint) = query
+        .iter()
+        .find(|(k, _)| k == "authorization_endpoint")
+        .and_then(|(_, v)| url::Url::parse(v).ok())
+    else {
+        return invalid();
+    };
+    let Ok(ours) = url::Url::parse(base) else {
+        return invalid();
+    };
+    if endpoint.host_str() != ours.host_str() {
+        return invalid();
+    }
+    let asked = endpoint
+        .path_segments()
+        .and_then(|mut s| s.next())
+        .filter(|t| !t.is_empty())
+        .unwrap_or(tenant);
+    let netloc = base.split_once("://").map(|(_, h)| h).unwrap_or(base);
+    (
+        200,
+        json!({
+            "tenant_discovery_endpoint": format!("{base}/{asked}/v2.0/.well-known/openid-configuration"),
+            "api-version": "1.1",
+            "metadata": [{"preferred_network": netloc, "preferred_cache": netloc, "aliases": [netloc]}],
+        }),
+    )
+}
+
 fn subtle_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
@@ -374,5 +531,78 @@ mod tests {
         let (st, _) = e.client_credentials("other", false, form("pw").as_bytes());
         assert_eq!(st, 400);
         assert!(e.check("nope").is_err());
+        // MSAL's OpenID scopes next to the vault's are fine; another resource is not.
+        let msal = "client_id=a&client_secret=pw&grant_type=client_credentials&scope=https%3A%2F%2Fvault.azure.net%2F.default+offline_access+openid+profile";
+        assert_eq!(
+            e.client_credentials(DEFAULT_TENANT, false, msal.as_bytes())
+                .0,
+            200
+        );
+        let other = "client_id=a&client_secret=pw&grant_type=client_credentials&scope=https%3A%2F%2Fstorage.azure.com%2F.default";
+        assert_eq!(
+            e.client_credentials(DEFAULT_TENANT, false, other.as_bytes())
+                .0,
+            400
+        );
+    }
+
+    #[test]
+    fn entra_routes_and_documents() {
+        let t = DEFAULT_TENANT;
+        let tok = |p: &str| entra_route(t, p);
+        assert_eq!(
+            tok(&format!("/{t}/oauth2/v2.0/token")),
+            Some(EntraRoute::Token {
+                tenant: t.into(),
+                v1: false
+            })
+        );
+        assert_eq!(
+            tok("/common/discovery/instance"),
+            Some(EntraRoute::InstanceDiscovery)
+        );
+        assert_eq!(
+            tok(&format!("/{t}/v2.0/.well-known/openid-configuration")),
+            Some(EntraRoute::OpenIdConfiguration {
+                tenant: t.into(),
+                v2: true
+            })
+        );
+        // Blob paths and other tenants are not Entra's.
+        assert_eq!(tok("/devstoreaccount1/c/oauth2/v2.0/token"), None);
+        assert_eq!(tok("/other-tenant/oauth2/v2.0/token"), None);
+        assert_eq!(tok(&format!("/{t}/oauth2/v2.0/authorize")), None);
+
+        let base = "https://127.0.0.1:4430";
+        let (st, doc) = openid_configuration(base, t, true);
+        assert_eq!(st, 200);
+        assert_eq!(
+            doc["token_endpoint"],
+            format!("{base}/{t}/oauth2/v2.0/token")
+        );
+        assert_eq!(doc["issuer"], format!("{base}/{t}/v2.0"));
+        assert_eq!(
+            openid_configuration(base, "common", true).1["issuer"],
+            format!("{base}/{{tenantid}}/v2.0")
+        );
+
+        let q = |v: &str| vec![("authorization_endpoint".to_string(), v.to_string())];
+        let (st, d) = instance_discovery(
+            base,
+            t,
+            &q(&format!("https://127.0.0.1/{t}/oauth2/v2.0/authorize")),
+        );
+        assert_eq!(st, 200, "{d}");
+        assert_eq!(
+            d["tenant_discovery_endpoint"],
+            format!("{base}/{t}/v2.0/.well-known/openid-configuration")
+        );
+        assert_eq!(d["metadata"][0]["aliases"][0], "127.0.0.1:4430");
+        let (st, d) = instance_discovery(
+            base,
+            t,
+            &q("https://login.example.com/x/oauth2/v2.0/authorize"),
+        );
+        assert_eq!((st, d["error"].as_str()), (400, Some("invalid_instance")));
     }
 }

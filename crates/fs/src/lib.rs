@@ -128,6 +128,10 @@ pub struct Fs {
     /// ETag). The open descriptors keep reading them; this mount no longer
     /// shows them, and deletes them (If-Match) when the last one is released.
     deferred_deletes: Mutex<HashMap<u64, (String, String)>>,
+    /// Whether the service copies CPK blobs itself (Put Blob/Block From URL with
+    /// the source key, service version 2026-02-06): learnt from the first attempt,
+    /// once per mount (`namespace.rs`).
+    server_copy: namespace::ServerCopy,
 }
 
 /// Names the service cannot store or that would break the tree.
@@ -157,6 +161,14 @@ fn join(dir: &str, name: &str) -> String {
 
 impl Fs {
     pub fn new(client: BlobClient, cfg: FsConfig) -> Arc<Fs> {
+        // The keys belong to the ring alone. A client configured with a key
+        // (tests, older callers) next to an empty ring would make this mount
+        // write plain blobs without a word: refuse that mistake loudly.
+        assert!(
+            client.cpk().is_none() || !cfg.keyring.is_empty(),
+            "Fs::new: the client carries a customer-provided key but FsConfig.keyring is empty; \
+             put the keys in FsConfig.keyring"
+        );
         let key = cfg.keyring.current().cloned();
         let root = Attr::new_dir(&cfg.defaults);
         let wctx = WriteContext {
@@ -181,6 +193,7 @@ impl Fs {
                 std::num::NonZeroUsize::new(200_000).unwrap(),
             )),
             deferred_deletes: Mutex::new(HashMap::new()),
+            server_copy: namespace::ServerCopy::default(),
         })
     }
 

@@ -5,8 +5,48 @@ use super::error::{FsError, FsResult};
 use super::inode::InodeState;
 use super::{check_name, join, Entry, Fs};
 use bytes::Bytes;
-use cpkfs_blob::{BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, ListOptions};
+use cpkfs_blob::{
+    BlobProperties, BlockIdGen, BlockRef, ByteRange, CommitOptions, Conditions, CopySource,
+    CustomerKey, ListOptions,
+};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Instant, SystemTime};
+
+/// Put Blob From URL copies up to 5,000 MiB in one request.
+const MAX_PUT_BLOB_FROM_URL: u64 = 5000 << 20;
+/// Larger blobs are copied as Put Block From URL ranges of this size (the
+/// service allows 4,000 MiB; smaller ranges keep each request well inside the
+/// client's per-attempt timeout).
+const FROM_URL_BLOCK: u64 = 256 << 20;
+
+/// What the mount knows about server-side copies of CPK blobs.
+pub(crate) struct ServerCopy(AtomicU8);
+
+impl Default for ServerCopy {
+    fn default() -> Self {
+        ServerCopy(AtomicU8::new(COPY_UNKNOWN))
+    }
+}
+
+const COPY_UNKNOWN: u8 = 0;
+const COPY_WORKS: u8 = 1;
+const COPY_UNSUPPORTED: u8 = 2;
+
+impl ServerCopy {
+    fn unsupported(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == COPY_UNSUPPORTED
+    }
+    /// Record the outcome; true the first time the service is found wanting
+    /// (the caller logs it, once per mount).
+    fn record(&self, works: bool) -> bool {
+        if works {
+            self.0.store(COPY_WORKS, Ordering::Relaxed);
+            false
+        } else {
+            self.0.swap(COPY_UNSUPPORTED, Ordering::Relaxed) != COPY_UNSUPPORTED
+        }
+    }
+}
 
 impl Fs {
     fn child_state(
@@ -315,9 +355,80 @@ impl Fs {
         Ok(b)
     }
 
-    /// Copy one blob to a new name. Non-CPK blobs are copied server-side;
-    /// CPK blobs cannot be (the service refuses), so they are streamed block
-    /// by block through the client and re-committed with the mount's key.
+    /// Copy a CPK blob to `dst` inside the service: one Put Blob From URL (≤ 5,000
+    /// MiB) or Put Block From URL per range + Put Block List, reading the source
+    /// with its own key (`src_key`, from the ring) and writing with the mount's
+    /// current key — a blob under an old key is re-keyed on the way. The source is
+    /// pinned by its ETag (`x-ms-source-if-match`): a blob replaced meanwhile fails
+    /// the copy (412) instead of mixing versions. `Ok(None)`: the service cannot do
+    /// it (no service version 2026-02-06 or no source keys), so the caller streams;
+    /// this is learnt once per mount and logged once.
+    async fn copy_on_server(
+        &self,
+        src: &str,
+        dst: &str,
+        props: &BlobProperties,
+        src_key: Option<&CustomerKey>,
+        opts: &CommitOptions,
+    ) -> FsResult<Option<String>> {
+        if self.server_copy.unsupported() {
+            return Ok(None);
+        }
+        let source = CopySource {
+            name: src,
+            key: src_key,
+            if_match: Some(&props.etag),
+        };
+        let key = self.key.as_deref();
+        let res = if props.content_length <= MAX_PUT_BLOB_FROM_URL {
+            self.client
+                .put_blob_from_url(dst, &source, opts, key)
+                .await
+                .map(|(w, _)| w.etag)
+        } else {
+            async {
+                let ids = BlockIdGen::new();
+                let mut refs = vec![];
+                let mut off = 0;
+                while off < props.content_length {
+                    let end = (off + FROM_URL_BLOCK).min(props.content_length);
+                    let id = ids.id(refs.len() as u64);
+                    self.client
+                        .put_block_from_url(dst, &id, &source, ByteRange::new(off, end), key)
+                        .await?;
+                    refs.push(BlockRef::Uncommitted(id));
+                    off = end;
+                }
+                self.client
+                    .put_block_list(dst, &refs, opts, key)
+                    .await
+                    .map(|w| w.etag)
+            }
+            .await
+        };
+        match res {
+            Ok(etag) => {
+                self.server_copy.record(true);
+                Ok(Some(etag))
+            }
+            Err(e) if e.is_source_cpk_unsupported() => {
+                if self.server_copy.record(false) {
+                    tracing::warn!(
+                        error = %e,
+                        "the service does not copy blobs with customer-provided keys (service version 2026-02-06 refused): renames and re-keying stream the data through this mount"
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Copy one blob to a new name. Non-CPK blobs are copied server-side with
+    /// Copy Blob; CPK blobs with Put Blob/Block From URL and the source's key
+    /// where the service supports it ([`Fs::copy_on_server`]), otherwise they are
+    /// streamed block by block through the client and re-committed with the
+    /// mount's key.
     /// `set`: metadata to store over the source's (a non-CPK copy then
     /// stores exactly it).
     async fn copy_one(
@@ -368,6 +479,12 @@ impl Fs {
                     metadata,
                     conditions: Conditions::default(),
                 };
+                if let Some(etag) = self
+                    .copy_on_server(src, dst, &props, key.as_deref(), &opts)
+                    .await?
+                {
+                    return Ok(etag);
+                }
                 let cond = Conditions::if_match(props.etag.clone());
                 let b = self.cfg.block_size;
                 if props.content_length <= b {
@@ -592,5 +709,273 @@ impl Fs {
             return Err(FsError::Failed(format!("directory rename {src} → {dst}: {failures} blob(s) could not be moved ({moved} moved); see the log")));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Renames of CPK files against the in-process emulator, counting what moves
+    //! over the wire (`/__admin/stats`).
+
+    use super::super::{Fs, FsConfig};
+    use cpkfs_blob::*;
+    use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Setup {
+        emu: EmulatorHandle,
+        fs: Arc<Fs>,
+        /// A client of the same container holding the *old* key, to plant blobs
+        /// under it and to read what the mount wrote.
+        old: BlobClient,
+        current: Arc<CustomerKey>,
+        old_key: Arc<CustomerKey>,
+        http: reqwest::Client,
+    }
+
+    fn client(emu: &EmulatorHandle, key: Arc<CustomerKey>) -> BlobClient {
+        let cred = Credential::SharedKey(Arc::new(
+            SharedKeyCredential::new(
+                DEV_ACCOUNT,
+                vec![AccountKey::from_base64(DEV_ACCOUNT_KEY).unwrap()],
+            )
+            .unwrap(),
+        ));
+        let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, "rename", cred);
+        cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
+        cfg.cpk = Some(key);
+        cfg.retry.base_delay = Duration::from_millis(10);
+        BlobClient::new(cfg).unwrap()
+    }
+
+    async fn setup(emu_cfg: EmulatorConfig) -> Setup {
+        let emu = emulator::start(emu_cfg).await.unwrap();
+        let current = Arc::new(CustomerKey::from_raw([21; 32]));
+        let old_key = Arc::new(CustomerKey::from_raw([12; 32]));
+        let c = client(&emu, current.clone());
+        c.create_container().await.unwrap();
+        let fs = Fs::new(
+            c,
+            FsConfig {
+                block_size: 256 * 1024,
+                keyring: crate::KeyRing::new(vec![current.clone(), old_key.clone()]),
+                ..FsConfig::default()
+            },
+        );
+        let old = client(&emu, old_key.clone());
+        let pem = emu.ca_pem.clone().unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        Setup {
+            emu,
+            fs,
+            old,
+            current,
+            old_key,
+            http,
+        }
+    }
+
+    impl Setup {
+        async fn reset_stats(&self) {
+            let r = self
+                .http
+                .delete(format!("{}/__admin/stats", self.emu.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 204);
+        }
+        async fn stats(&self) -> serde_json::Value {
+            let r = self
+                .http
+                .get(format!("{}/__admin/stats", self.emu.url))
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_str(&r.text().await.unwrap()).unwrap()
+        }
+        async fn write_file(&self, parent: u64, name: &str, data: &[u8]) {
+            let (e, fh) = self.fs.create(parent, name, 0o640, 0, 0).await.unwrap();
+            self.fs.write(e.ino, fh, 0, data).await.unwrap();
+            self.fs.flush(e.ino, fh).await.unwrap();
+            self.fs.release(e.ino, fh).await.unwrap();
+        }
+        async fn read_file(&self, parent: u64, name: &str) -> Vec<u8> {
+            let e = self.fs.lookup(parent, name).await.unwrap();
+            let fh = self.fs.open(e.ino, false, false).await.unwrap();
+            let mut out = Vec::new();
+            loop {
+                let b = self
+                    .fs
+                    .read(e.ino, fh, out.len() as u64, 1 << 20)
+                    .await
+                    .unwrap();
+                if b.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&b);
+            }
+            self.fs.release(e.ino, fh).await.unwrap();
+            out
+        }
+        /// The key hash the service holds for `name` (a keyed HEAD with `key`).
+        async fn key_of(&self, name: &str, key: &CustomerKey) -> Option<String> {
+            self.old
+                .get_blob_properties(name, Some(key), &Conditions::default())
+                .await
+                .unwrap()
+                .cpk_sha256
+        }
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// A CPK file, a file under an old ring key and a directory are renamed by the
+    /// service: no blob bytes move between the mount and the service, the data
+    /// reads back, mode and mtime survive, and the old-key file ends under the
+    /// current key.
+    #[tokio::test]
+    async fn rename_copies_cpk_blobs_on_the_server_and_rekeys() {
+        let s = setup(EmulatorConfig::default()).await;
+        let data = pattern(3 * 1024 * 1024 + 5, 1);
+        s.write_file(1, "a.bin", &data).await;
+        let before = s.fs.lookup(1, "a.bin").await.unwrap().attr;
+
+        s.reset_stats().await;
+        s.fs.rename(1, "a.bin", 1, "b.bin", false).await.unwrap();
+        let st = s.stats().await;
+        assert_eq!(st["requests"]["PutBlobFromUrl"], 1, "{st}");
+        assert!(st["requests"].get("GetBlob").is_none(), "{st}");
+        assert!(st["requests"].get("PutBlock").is_none(), "{st}");
+        let moved = st["bytes_in"].as_u64().unwrap() + st["bytes_out"].as_u64().unwrap();
+        assert!(moved < 64 * 1024, "{moved} bytes moved: {st}");
+        assert!(s.read_file(1, "b.bin").await == data);
+        assert!(matches!(
+            s.fs.lookup(1, "a.bin").await,
+            Err(super::FsError::NotFound)
+        ));
+        let after = s.fs.lookup(1, "b.bin").await.unwrap().attr;
+        assert_eq!(after.perm, before.perm);
+        assert_eq!(after.mtime, before.mtime);
+
+        // A blob under the old key of the ring: renamed and re-keyed in one request.
+        let old_data = pattern(700_000, 2);
+        s.old
+            .put_blob(
+                "old.bin",
+                bytes::Bytes::from(old_data.clone()),
+                &CommitOptions::default(),
+                Some(&s.old_key),
+            )
+            .await
+            .unwrap();
+        s.reset_stats().await;
+        s.fs.rename(1, "old.bin", 1, "old-moved.bin", false)
+            .await
+            .unwrap();
+        let st = s.stats().await;
+        assert_eq!(st["requests"]["PutBlobFromUrl"], 1, "{st}");
+        assert_eq!(st["bytes_in"], 0, "{st}");
+        assert_eq!(
+            s.key_of("old-moved.bin", &s.current).await.as_deref(),
+            Some(s.current.sha256())
+        );
+        assert!(s.read_file(1, "old-moved.bin").await == old_data);
+
+        // A directory with two CPK files.
+        let d = s.fs.mkdir(1, "d", 0o755, 0, 0).await.unwrap();
+        s.write_file(d.ino, "x", b"xx").await;
+        s.write_file(d.ino, "y", &data).await;
+        s.reset_stats().await;
+        s.fs.rename(1, "d", 1, "e", false).await.unwrap();
+        let st = s.stats().await;
+        assert_eq!(st["requests"]["PutBlobFromUrl"], 2, "{st}");
+        assert!(st["bytes_in"].as_u64().unwrap() < 64 * 1024, "{st}");
+        let e = s.fs.lookup(1, "e").await.unwrap();
+        assert!(s.read_file(e.ino, "y").await == data);
+        assert_eq!(s.read_file(e.ino, "x").await, b"xx");
+    }
+
+    /// A service without version 2026-02-06: the first rename's Put Blob From URL
+    /// is refused (400), the mount streams instead and never asks again.
+    #[tokio::test]
+    async fn rename_falls_back_to_streaming_once_per_mount() {
+        let s = setup(EmulatorConfig {
+            source_cpk: false,
+            ..Default::default()
+        })
+        .await;
+        let data = pattern(600_000, 3);
+        s.write_file(1, "a", &data).await;
+        s.write_file(1, "b", &data).await;
+        s.reset_stats().await;
+        s.fs.rename(1, "a", 1, "a2", false).await.unwrap();
+        s.fs.rename(1, "b", 1, "b2", false).await.unwrap();
+        let st = s.stats().await;
+        assert_eq!(st["requests"]["PutBlobFromUrl"], 1, "asked once: {st}");
+        assert!(st["requests"]["GetBlob"].as_u64().unwrap() >= 2, "{st}");
+        assert!(
+            st["bytes_in"].as_u64().unwrap() >= 2 * data.len() as u64,
+            "{st}"
+        );
+        assert!(s.read_file(1, "a2").await == data);
+        assert!(s.read_file(1, "b2").await == data);
+    }
+
+    /// The source is pinned by its ETag: a blob replaced after the mount learnt
+    /// it is never copied in part. The copy fails (412) and nothing is written
+    /// under the new name.
+    #[tokio::test]
+    async fn server_copy_refuses_a_source_that_changed() {
+        let s = setup(EmulatorConfig::default()).await;
+        let v1 = pattern(400_000, 4);
+        s.old
+            .put_blob(
+                "f",
+                bytes::Bytes::from(v1),
+                &CommitOptions::default(),
+                Some(&s.current),
+            )
+            .await
+            .unwrap();
+        let props = s
+            .old
+            .get_blob_properties("f", Some(&s.current), &Conditions::default())
+            .await
+            .unwrap();
+        s.old
+            .put_blob(
+                "f",
+                bytes::Bytes::from(pattern(400_000, 5)),
+                &CommitOptions::default(),
+                Some(&s.current),
+            )
+            .await
+            .unwrap();
+        let err =
+            s.fs.copy_on_server(
+                "f",
+                "g",
+                &props,
+                Some(&s.current),
+                &CommitOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("SourceConditionNotMet"), "{err}");
+        let e = s
+            .old
+            .get_blob_properties("g", Some(&s.current), &Conditions::default())
+            .await
+            .unwrap_err();
+        assert!(e.is_not_found(), "{e}");
     }
 }

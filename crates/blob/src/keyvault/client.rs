@@ -3,9 +3,10 @@
 //!
 //! Object URLs are `{vault}/secrets/{name}[/{version}]` and
 //! `{vault}/keys/{name}[/{version}]`, where `{vault}` is
-//! `https://NAME.vault.azure.net` in Azure or `https://HOST:PORT/__vault/NAME`
-//! on the bundled emulator: everything before `/secrets/` or `/keys/` is the
-//! vault base, so the same code serves both.
+//! `https://NAME.vault.azure.net` in Azure or `https://127.0.0.1:PORT` (a
+//! vault listener) on the bundled emulator. Everything before `/secrets/` or
+//! `/keys/` is taken as the vault base, so a vault behind a path prefix (a
+//! proxy) works too.
 
 use super::credential::{TokenCredential, TokenSource};
 use super::{VaultError, API_VERSION};
@@ -207,14 +208,16 @@ impl VaultClient {
                 )))
             }
         };
+        // The tenant is the first path segment of the authority URI
+        // (`https://login.microsoftonline.com/{tenant}`), as the Azure SDKs
+        // read it.
         let tenant = params
             .get("authorization")
             .or_else(|| params.get("authorization_uri"))
-            .and_then(|a| {
-                a.trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .map(str::to_string)
+            .and_then(|a| url::Url::parse(a).ok())
+            .and_then(|u| {
+                u.path_segments()
+                    .and_then(|mut s| s.next().map(str::to_string))
             })
             .filter(|t| !t.is_empty());
         let res_host = url::Url::parse(scope.trim_end_matches("/.default"))
@@ -566,17 +569,14 @@ mod tests {
         let o = ObjectUrl::parse("https://v1.vault.azure.net/secrets/acct", Kind::Secrets).unwrap();
         assert_eq!(o.vault, "https://v1.vault.azure.net");
         assert_eq!((o.name.as_str(), o.version.as_deref()), ("acct", None));
-        let o = ObjectUrl::parse(
-            "https://127.0.0.1:9000/__vault/v1/keys/k1/0123abcd",
-            Kind::Keys,
-        )
-        .unwrap();
-        assert_eq!(o.vault, "https://127.0.0.1:9000/__vault/v1");
+        // The emulator: a vault at the root of its own listener.
+        let o = ObjectUrl::parse("https://127.0.0.1:9000/keys/k1/0123abcd", Kind::Keys).unwrap();
+        assert_eq!(o.vault, "https://127.0.0.1:9000");
         assert_eq!(o.version.as_deref(), Some("0123abcd"));
-        assert_eq!(
-            o.url(),
-            "https://127.0.0.1:9000/__vault/v1/keys/k1/0123abcd"
-        );
+        assert_eq!(o.url(), "https://127.0.0.1:9000/keys/k1/0123abcd");
+        // A vault behind a path prefix.
+        let o = ObjectUrl::parse("https://proxy.example/kv/v1/keys/k1", Kind::Keys).unwrap();
+        assert_eq!(o.vault, "https://proxy.example/kv/v1");
         assert!(ObjectUrl::parse("https://v.vault.azure.net/keys/k", Kind::Secrets).is_err());
         assert!(ObjectUrl::parse("http://v.vault.azure.net/keys/k", Kind::Keys).is_err());
         assert!(ObjectUrl::parse("https://v.vault.azure.net/keys/k/1/2", Kind::Keys).is_err());
@@ -600,9 +600,18 @@ mod tests {
             .unwrap();
         assert_eq!(ch.scope, "https://vault.azure.net/.default");
         assert_eq!(ch.tenant.as_deref(), Some("72f988bf"));
-        let e = c
-            .check_challenge("https://127.0.0.1:1/__vault/v", &p)
-            .unwrap_err();
+        // The emulator's challenge: authority host with a port, tenant first.
+        let emu = parse_challenge(
+            r#"Bearer authorization="https://127.0.0.1:4430/c0ffee00", resource="https://vault.azure.net""#,
+        );
+        assert_eq!(
+            c.check_challenge("https://myvault.vault.azure.net", &emu)
+                .unwrap()
+                .tenant
+                .as_deref(),
+            Some("c0ffee00")
+        );
+        let e = c.check_challenge("https://127.0.0.1:1", &p).unwrap_err();
         assert!(
             e.to_string()
                 .contains("vault_disable_challenge_verification"),
@@ -620,8 +629,6 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(c2
-            .check_challenge("https://127.0.0.1:1/__vault/v", &p)
-            .is_ok());
+        assert!(c2.check_challenge("https://127.0.0.1:1", &p).is_ok());
     }
 }

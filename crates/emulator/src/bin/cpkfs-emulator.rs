@@ -12,13 +12,14 @@ use cpkfs_emulator::{self as emulator, EmulatorConfig, DEV_ACCOUNT, DEV_KEY1, DE
 ///
 /// Serves path-style URLs `/{account}/{container}/{blob}` over HTTPS (self-signed
 /// certificate for 127.0.0.1, ::1 and localhost) or plain HTTP. Prints exactly one line
-/// `listening on URL` on stdout when ready. Admin endpoints (no auth):
-/// `GET|DELETE /__admin/stats`, `POST|DELETE /__admin/faults`,
-/// `POST /__admin/accounts/{name}/regenerate-key?key=1|2`.
-/// A Key Vault subset is served under `/__vault/{vault}` with Entra ID token
-/// endpoints (`/__entra/{tenant}/oauth2/v2.0/token`, IMDS
-/// `/metadata/identity/oauth2/token`, App Service `/__msi/token`); see
-/// `GET /__admin/vault` and docs/CONFIGURATION.md.
+/// `listening on URL` on stdout when ready, then one `vault NAME on URL` line per
+/// Key Vault. Admin endpoints (no auth): `GET|DELETE /__admin/stats`,
+/// `POST|DELETE /__admin/faults`, `POST /__admin/accounts/{name}/regenerate-key?key=1|2`.
+/// Each Key Vault is served at the root of its own listener (`--vault`); the
+/// main listener is also the Entra ID authority host
+/// (`/{tenant}/oauth2/v2.0/token`, OpenID configuration, instance discovery),
+/// the IMDS base (`/metadata/identity/oauth2/token`) and App Service's
+/// `/__msi/token`; see `GET /__admin/vault` and docs/CONFIGURATION.md.
 #[derive(Parser, Debug)]
 #[command(name = "cpkfs-emulator", version)]
 struct Args {
@@ -47,12 +48,24 @@ struct Args {
     #[arg(long)]
     allow_cpk_over_http: bool,
 
+    /// Answer service versions >= 2026-02-06 like a service that predates them
+    /// (400 InvalidHeaderValue on x-ms-version): no source keys on Put Blob/Block
+    /// From URL. For testing cpkfs's streaming fallback.
+    #[arg(long)]
+    no_source_cpk: bool,
+
     /// Key Vault identity CLIENT_ID:SECRET:PERM[,PERM…] (e.g.
     /// `app1:pw:secrets/get,keys/unwrapKey`; empty SECRET = managed identity for
     /// IMDS / App Service; `+managed` in the list also serves a service principal
-    /// there; `*` = every permission); repeatable. Vaults: `/__vault/NAME`.
+    /// there; `*` = every permission); repeatable.
     #[arg(long = "vault-identity", value_name = "ID:SECRET:PERMS")]
     vault_identities: Vec<String>,
+
+    /// Key Vault NAME served at the root of https://ADDR (port 0 picks a free
+    /// one); repeatable, the first is the default vault. Default: one vault
+    /// `default` on a free port of the --listen address.
+    #[arg(long = "vault", value_name = "NAME=ADDR")]
+    vaults: Vec<String>,
 
     /// Lifetime of issued Key Vault tokens in seconds [default: 3600].
     #[arg(long)]
@@ -85,6 +98,19 @@ fn parse_account(s: &str) -> anyhow::Result<(String, [String; 2])> {
     Ok((name.to_string(), [k1, k2]))
 }
 
+fn parse_vault(s: &str) -> anyhow::Result<(String, SocketAddr)> {
+    let (name, addr) = s
+        .split_once('=')
+        .with_context(|| format!("--vault {s}: expected NAME=ADDR"))?;
+    if name.is_empty() {
+        bail!("--vault {s}: expected NAME=ADDR");
+    }
+    let addr = addr
+        .parse()
+        .with_context(|| format!("--vault {s}: {addr:?} is not an address like 127.0.0.1:8444"))?;
+    Ok((name.to_string(), addr))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -110,20 +136,32 @@ async fn main() -> anyhow::Result<()> {
         accounts,
         data_dir: args.data_dir,
         allow_cpk_over_http: args.allow_cpk_over_http,
+        source_cpk: !args.no_source_cpk,
         vault_identities: args
             .vault_identities
             .iter()
             .map(|s| emulator::token::parse_identity_flag(s).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?,
         vault_token_lifetime: args.vault_token_lifetime,
+        vaults: args
+            .vaults
+            .iter()
+            .map(|v| parse_vault(v))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let handle = emulator::start(config).await?;
     if let (Some(path), Some(pem)) = (&args.ca_out, &handle.ca_pem) {
         std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
     }
     {
+        // One write: a reader that stops after the first line must not make
+        // a later write fail.
+        let mut text = format!("listening on {}\n", handle.url);
+        for v in &handle.vaults {
+            text.push_str(&format!("vault {} on {}\n", v.name, v.url));
+        }
         let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", handle.url)?;
+        out.write_all(text.as_bytes())?;
         out.flush()?;
     }
 
