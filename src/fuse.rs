@@ -59,26 +59,33 @@ impl FuseAdapter {
     }
 }
 
-fn file_attr(ino: u64, a: &Attr) -> FileAttr {
-    let kind = match a.kind {
+fn file_type(k: Kind) -> FileType {
+    match k {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
-    };
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
-        kind,
+        kind: file_type(a.kind),
         perm: a.perm,
-        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         // Large I/O per syscall: cp and friends size their buffers by it.
         blksize: 1024 * 1024,
         flags: 0,
@@ -93,6 +100,13 @@ fn errno(op: &str, e: &FsError) -> Errno {
         tracing::warn!(op, error = %e, "operation failed");
     }
     Errno::from_i32(e.errno())
+}
+
+fn time_or_now(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
 }
 
 fn name_str(name: &OsStr) -> Result<String, Errno> {
@@ -150,7 +164,7 @@ impl Filesystem for FuseAdapter {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -165,10 +179,8 @@ impl Filesystem for FuseAdapter {
             uid,
             gid,
             size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => SystemTime::now(),
-            }),
+            mtime: mtime.map(time_or_now),
+            atime: atime.map(time_or_now),
         };
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
@@ -196,16 +208,22 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            // Only regular files can be stored as blobs.
-            return reply.error(Errno::EPERM);
-        }
         let name = name_or_reply!(name, reply);
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         let (uid, gid) = (req.uid(), req.gid());
+        match Kind::from_mode(mode) {
+            Some(Kind::File) => {}
+            Some(kind) if kind.is_special() => {
+                return self.reply_entry("mknod", reply, async move {
+                    fs.mknod(parent.0, &name, kind, mode & !umask, rdev, uid, gid)
+                        .await
+                });
+            }
+            _ => return reply.error(Errno::EINVAL),
+        }
         self.rt.spawn(async move {
             let res = async {
                 let (e, fh) = fs.create(parent.0, &name, mode & !umask, uid, gid).await?;
@@ -483,11 +501,7 @@ impl Filesystem for FuseAdapter {
             match fs.readdir(ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     for e in entries {
-                        let kind = match e.attr.kind {
-                            Kind::File => FileType::RegularFile,
-                            Kind::Dir => FileType::Directory,
-                            Kind::Symlink => FileType::Symlink,
-                        };
+                        let kind = file_type(e.attr.kind);
                         if reply.add(INodeNo(e.ino), e.next_offset, kind, &e.name) {
                             break;
                         }

@@ -300,14 +300,51 @@ fn write_config(emu: &Emu, container: &str) -> PathBuf {
     emu.file("cpkfs.toml", &text, 0o600)
 }
 
-/// mount(8) finds `cpkfs` through mount.fuse3 in PATH: put ours first.
-fn path_with_cpkfs() -> String {
-    let dir = Path::new(env!("CARGO_BIN_EXE_cpkfs"))
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+/// mount(8) runs its helpers (mount.fuse3, which runs `cpkfs` through sh)
+/// with its own PATH, `/usr/local/sbin:/usr/local/bin:/usr/sbin:…`, whatever
+/// PATH the caller has. To make `mount -t fuse.cpkfs` run the binary under
+/// test, not whatever `scripts/install` left in /usr/local/bin, the calling
+/// thread gets a private mount namespace in which a directory holding only
+/// this build's `cpkfs` is bind-mounted over /usr/local/sbin, the first
+/// directory of that PATH. Nothing on the machine changes: the namespace,
+/// the bind mount and the FUSE mounts made in it vanish with the thread and
+/// the mount processes (which the test unmounts).
+fn in_namespace_with_cpkfs_first<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // unshare(CLONE_NEWNS) applies to this thread only (it implies
+        // CLONE_FS), so other tests keep the host's mounts.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNS) },
+            0,
+            "unshare(CLONE_NEWNS): {} (these tests run as root)",
+            std::io::Error::last_os_error()
+        );
+        let root = std::ffi::CString::new("/").unwrap();
+        // Private: nothing mounted here propagates back to the host.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "make / private: {}", std::io::Error::last_os_error());
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::copy(env!("CARGO_BIN_EXE_cpkfs"), bin.path().join("cpkfs")).unwrap();
+        std::fs::create_dir_all("/usr/local/sbin").unwrap();
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(bin.path())
+            .arg("/usr/local/sbin")
+            .status()
+            .unwrap();
+        assert!(st.success(), "bind mount over /usr/local/sbin");
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 #[test]
@@ -315,28 +352,6 @@ fn mount_t_fuse_cpkfs_fstab_and_umount() {
     let emu = Emu::start(false);
     let cfg = write_config(&emu, "fstab");
     let mp = emu.mountpoint("m1");
-    let st = Command::new("mount")
-        .args(["-t", "fuse.cpkfs", "fstab"])
-        .arg(&mp)
-        .arg("-o")
-        .arg(format!("config={},_netdev,nofail", cfg.display()))
-        .env("PATH", path_with_cpkfs())
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "mount -t fuse.cpkfs failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    std::fs::write(mp.join("hello.txt"), b"hello fstab").unwrap();
-    assert_eq!(std::fs::read(mp.join("hello.txt")).unwrap(), b"hello fstab");
-    let st = Command::new("umount").arg(&mp).status().unwrap();
-    assert!(st.success());
-    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .contains(mp.to_str().unwrap()));
-
-    // fstab line, mounted with `mount -a -T`.
     let mp2 = emu.mountpoint("m2");
     let fstab = emu.file(
         "fstab",
@@ -347,25 +362,71 @@ fn mount_t_fuse_cpkfs_fstab_and_umount() {
         ),
         0o644,
     );
-    let st = Command::new("mount")
-        .arg("-a")
-        .arg("-T")
-        .arg(&fstab)
-        .env("PATH", path_with_cpkfs())
+    let version = Command::new(env!("CARGO_BIN_EXE_cpkfs"))
+        .arg("--version")
         .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "mount -a -T failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    assert_eq!(
-        std::fs::read(mp2.join("hello.txt")).unwrap(),
-        b"hello fstab",
-        "same container, same key"
-    );
-    let st = Command::new("umount").arg(&mp2).status().unwrap();
-    assert!(st.success());
+        .unwrap()
+        .stdout;
+    let (mp_, mp2_) = (mp.clone(), mp2.clone());
+    in_namespace_with_cpkfs_first(move || {
+        let (mp, mp2) = (mp_, mp2_);
+        // The helper's PATH now finds this build first.
+        let found = Command::new("sh")
+            .args(["-c", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; command -v cpkfs && cpkfs --version"])
+            .output()
+            .unwrap();
+        let found = String::from_utf8_lossy(&found.stdout).to_string();
+        assert!(
+            found.starts_with("/usr/local/sbin/cpkfs\n")
+                && found.ends_with(&*String::from_utf8_lossy(&version)),
+            "{found}"
+        );
+        let st = Command::new("mount")
+            .args(["-t", "fuse.cpkfs", "fstab"])
+            .arg(&mp)
+            .arg("-o")
+            .arg(format!("config={},_netdev,nofail", cfg.display()))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "mount -t fuse.cpkfs failed: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        std::fs::write(mp.join("hello.txt"), b"hello fstab").unwrap();
+        assert_eq!(std::fs::read(mp.join("hello.txt")).unwrap(), b"hello fstab");
+        // This thread's namespace (/proc/self is the main thread's).
+        let mounts = || std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        assert!(mounts().contains(mp.to_str().unwrap()));
+        let st = Command::new("umount").arg(&mp).status().unwrap();
+        assert!(st.success());
+        assert!(!mounts().contains(mp.to_str().unwrap()));
+
+        // fstab line, mounted with `mount -a -T`.
+        let st = Command::new("mount")
+            .arg("-a")
+            .arg("-T")
+            .arg(&fstab)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "mount -a -T failed: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        assert_eq!(
+            std::fs::read(mp2.join("hello.txt")).unwrap(),
+            b"hello fstab",
+            "same container, same key"
+        );
+        let st = Command::new("umount").arg(&mp2).status().unwrap();
+        assert!(st.success());
+        assert!(!mounts().contains(mp2.to_str().unwrap()));
+    });
+    // The host never saw the bind mount or the FUSE mounts.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains(mp.to_str().unwrap()) && !host.contains(mp2.to_str().unwrap()));
+    assert!(!host.contains(" /usr/local/sbin "), "{host}");
 }
 
 #[test]

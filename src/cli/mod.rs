@@ -273,6 +273,31 @@ fn unmount(mountpoint: &std::path::Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// `cpkfs keygen` reads CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION from
+    /// the environment; CONFIGURATION.md's own example sets it to 1.
+    #[test]
+    fn keygen_env_boolean_accepts_what_people_write() {
+        const VAR: &str = "CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION";
+        let parse = |v: &str| {
+            // Only this test touches the variable.
+            std::env::set_var(VAR, v);
+            let r = Cli::try_parse_from(["cpkfs", "keygen", "--out", "/nonexistent/k"]);
+            std::env::remove_var(VAR);
+            match r.map(|c| c.cmd) {
+                Ok(Cmd::Keygen(a)) => Ok(a.vault_disable_challenge_verification),
+                Ok(_) => panic!("not keygen"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        for v in ["1", "true", "TRUE", "yes", "on"] {
+            assert_eq!(parse(v), Ok(true), "{v}");
+        }
+        for v in ["0", "false", "no", "off"] {
+            assert_eq!(parse(v), Ok(false), "{v}");
+        }
+        assert!(parse("maybe").is_err());
+    }
+
     #[test]
     fn helper_form_is_rewritten() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();

@@ -425,7 +425,16 @@ fn run_foreground(p: Plan, child: bool, env: &dyn Fn(&str) -> Option<String>) ->
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: committing pending writes, then unmounting"),
             _ = int.recv() => tracing::info!("SIGINT: committing pending writes, then unmounting"),
-            _ = rx => { tracing::info!("unmounted"); return Ok::<_, anyhow::Error>(()); }
+            _ = rx => {
+                tracing::info!("unmounted");
+                // Descriptors were released before the unmount; what is left
+                // is directory times moved by entry changes (stored lazily)
+                // and blobs unlinked while open.
+                for (path, e) in fs.flush_all().await {
+                    tracing::error!(path = %path, error = %e, "could not store at unmount");
+                }
+                return Ok::<_, anyhow::Error>(());
+            }
         }
         let failures = fs.flush_all().await;
         if failures.is_empty() {

@@ -151,7 +151,13 @@ pub struct KeygenArgs {
     #[arg(long, value_name = "FILE", env = "CPKFS_VAULT_CA_FILE")]
     pub vault_ca_file: Option<PathBuf>,
     /// Skip the check that the vault is in the domain its challenge names (emulators only).
-    #[arg(long, env = "CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION")]
+    // From the environment it takes what people write: 1/0, true/false,
+    // yes/no, on/off (as every other boolean setting does).
+    #[arg(
+        long,
+        env = "CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub vault_disable_challenge_verification: bool,
 }
 

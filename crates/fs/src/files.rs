@@ -55,7 +55,9 @@ impl Fs {
         match node.kind() {
             Kind::Dir => return Err(FsError::IsDir),
             Kind::Symlink => return Err(FsError::Invalid("open of a symlink")),
-            Kind::File => {}
+            // The kernel opens FIFOs and devices itself; never sent here.
+            k if k.is_special() => return Err(FsError::Invalid("open of a special file")),
+            _ => {}
         }
         if write && self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -89,7 +91,10 @@ impl Fs {
             if let Outcome::NeedsCommit = ws.truncate(&self.wctx, &path, 0).await? {
                 unreachable!("truncation to zero never needs a commit");
             }
-            node.state.lock().unwrap().attr.mtime = SystemTime::now();
+            let now = SystemTime::now();
+            let mut st = node.state.lock().unwrap();
+            st.attr.mtime = now;
+            st.attr.ctime = now;
         }
         #[cfg(test)]
         super::pause::point("open: session decided").await;
@@ -118,16 +123,7 @@ impl Fs {
         if pnode.kind() != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let now = SystemTime::now();
-        let attr = Attr {
-            kind: Kind::File,
-            size: 0,
-            perm: (mode & 0o7777) as u16,
-            uid,
-            gid,
-            mtime: now,
-            ctime: now,
-        };
+        let attr = Attr::new(Kind::File, (mode & 0o7777) as u16, uid, gid);
         let st = super::inode::InodeState {
             parent,
             name: name.to_string(),
@@ -138,13 +134,19 @@ impl Fs {
             meta_known: true,
             unlinked: false,
             local_etag: None,
+            local_times: false,
         };
+        // The commit will carry If-None-Match: a blob left for descriptors
+        // of an unlinked file of this name must go first.
+        self.reclaim_name(&super::join(&self.path_of(parent)?, name))
+            .await;
         let node = self.inodes.upsert(parent, name, st);
         let mut w = node.write.lock().await;
         *w = Some(WriteSession::new_empty(None));
         // Registered under the write lock, as in `open`.
         let fh = self.new_handle(node.ino, true, None, 0, None);
         drop(w);
+        self.dir_changed(parent);
         Ok((
             Entry {
                 ino: node.ino,
@@ -545,7 +547,9 @@ impl Fs {
     fn note_written(node: &Inode, h: &FileHandle, size: u64) {
         let mut s = node.state.lock().unwrap();
         s.attr.size = size;
-        s.attr.mtime = SystemTime::now();
+        let now = SystemTime::now();
+        s.attr.mtime = now;
+        s.attr.ctime = now;
         h.wrote.store(true, Ordering::Relaxed);
     }
 
@@ -637,6 +641,9 @@ impl Fs {
             Ok(node) if writable => node,
             other => {
                 self.handles.lock().unwrap().remove(&fh);
+                // The last descriptor of a file unlinked while open: its
+                // blob goes now.
+                self.release_unlinked(ino).await;
                 return other.map(|_| ());
             }
         };
@@ -667,6 +674,8 @@ impl Fs {
         if !others {
             *w = None;
         }
+        drop(w);
+        self.release_unlinked(ino).await;
         res
     }
 
@@ -693,9 +702,11 @@ impl Fs {
             let ws = w.as_mut().unwrap();
             self.resize_locked(&node, ws, &path, size).await?;
             {
+                let now = SystemTime::now();
                 let mut st = node.state.lock().unwrap();
                 st.attr.size = size;
-                st.attr.mtime = set.mtime.unwrap_or_else(SystemTime::now);
+                st.attr.mtime = set.mtime.unwrap_or(now);
+                st.attr.ctime = now;
             }
             if opened_here {
                 let res = self.commit_locked(&node, ws, &path).await;
@@ -703,8 +714,11 @@ impl Fs {
                 res?;
             }
         }
-        let changes_meta =
-            set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
+        let changes_meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.mtime.is_some()
+            || set.atime.is_some();
         if changes_meta {
             {
                 let mut st = node.state.lock().unwrap();
@@ -719,6 +733,9 @@ impl Fs {
                 }
                 if let Some(t) = set.mtime {
                     st.attr.mtime = t;
+                }
+                if let Some(t) = set.atime {
+                    st.attr.atime = t;
                 }
                 st.attr.ctime = SystemTime::now();
             }
@@ -736,6 +753,10 @@ impl Fs {
 
     /// Store the inode's mode/uid/gid/mtime in its blob's metadata.
     async fn persist_attrs(&self, node: &Inode, path: &str) -> FsResult<()> {
+        if node.snapshot().unlinked {
+            // fchmod/futimens of an unlinked file: nothing to store it in.
+            return Ok(());
+        }
         let mut w = node.write.lock().await;
         if let Some(ws) = w.as_mut() {
             match ws.base_etag() {
@@ -773,6 +794,8 @@ impl Fs {
                 let mut st = node.state.lock().unwrap();
                 st.etag = Some(r.etag);
                 st.expires = self.expiry();
+                // The marker now holds the times entry changes moved.
+                st.local_times = false;
             }
             (_, Some(_)) => {
                 self.set_metadata_in_place(node, path, None).await?;

@@ -30,6 +30,10 @@ pub struct InodeState {
     pub unlinked: bool,
     /// The ETag our own last commit produced: open handles follow it.
     pub local_etag: Option<String>,
+    /// A directory whose mtime/ctime moved here (an entry was created,
+    /// removed or renamed in it) and are not stored yet: they win over what
+    /// the service says until the marker is next written (see SEMANTICS.md).
+    pub local_times: bool,
 }
 
 pub struct Inode {
@@ -81,6 +85,7 @@ impl InodeTable {
                 meta_known: true,
                 unlinked: false,
                 local_etag: None,
+                local_times: false,
             }),
             write: tokio::sync::Mutex::new(None),
         });
@@ -148,10 +153,19 @@ impl InodeTable {
                             }
                         };
                         let local_etag = s.local_etag.clone();
+                        let mut attr = attr;
+                        let local_times = s.local_times && fresh.attr.kind == Kind::Dir;
+                        if local_times {
+                            // Entry changes made here are newer than the
+                            // stored marker: keep their times.
+                            attr.mtime = attr.mtime.max(s.attr.mtime);
+                            attr.ctime = attr.ctime.max(s.attr.ctime);
+                        }
                         *s = InodeState {
                             attr,
                             meta_known,
                             local_etag,
+                            local_times,
                             ..fresh
                         };
                     } else {

@@ -80,6 +80,7 @@ pub struct SetAttr {
     pub gid: Option<u32>,
     pub size: Option<u64>,
     pub mtime: Option<std::time::SystemTime>,
+    pub atime: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +124,10 @@ pub struct Fs {
     /// Metadata learnt by keyed HEADs, by (name, ETag): a listing of an
     /// unchanged CPK blob needs no second HEAD.
     cpk_meta: Mutex<lru::LruCache<(String, String), Metadata>>,
+    /// Blobs unlinked while a descriptor had them open, by inode: (name,
+    /// ETag). The open descriptors keep reading them; this mount no longer
+    /// shows them, and deletes them (If-Match) when the last one is released.
+    deferred_deletes: Mutex<HashMap<u64, (String, String)>>,
     /// Whether the service copies CPK blobs itself (Put Blob/Block From URL with
     /// the source key, service version 2026-02-06): learnt from the first attempt,
     /// once per mount (`namespace.rs`).
@@ -187,6 +192,7 @@ impl Fs {
             cpk_meta: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(200_000).unwrap(),
             )),
+            deferred_deletes: Mutex::new(HashMap::new()),
             server_copy: namespace::ServerCopy::default(),
         })
     }
@@ -256,6 +262,7 @@ impl Fs {
             meta_known,
             unlinked: false,
             local_etag: None,
+            local_times: false,
         }
     }
 
@@ -270,6 +277,7 @@ impl Fs {
             meta_known: true,
             unlinked: false,
             local_etag: None,
+            local_times: false,
         }
     }
 
@@ -378,7 +386,10 @@ impl Fs {
             self.client.list_blobs(&dir_q)
         );
         let (b, d) = (b?, d?);
-        let blob = b.blobs.into_iter().find(|x| x.name == path);
+        let blob = b
+            .blobs
+            .into_iter()
+            .find(|x| x.name == path && !self.is_unlinked_blob(&x.name, &x.properties.etag));
         let is_dir_prefix = !d.blobs.is_empty() || !d.prefixes.is_empty();
         if let Some(mut item) = blob {
             if item.properties.metadata_encrypted {
@@ -561,7 +572,11 @@ impl Fs {
         }
         for b in &page.blobs {
             let n = b.name[plen..].to_string();
-            if n.is_empty() || n.contains('/') || check_name(&n).is_err() {
+            if n.is_empty()
+                || n.contains('/')
+                || check_name(&n).is_err()
+                || self.is_unlinked_blob(&b.name, &b.properties.etag)
+            {
                 continue;
             }
             let known = !b.properties.metadata_encrypted;
@@ -615,16 +630,145 @@ impl Fs {
         }
     }
 
-    /// Commit every file with pending writes (used at unmount).
+    /// Commit every file with pending writes, and store the times of
+    /// directories whose entries changed (used at unmount).
     pub async fn flush_all(&self) -> Vec<(String, FsError)> {
         let mut failures = vec![];
+        let deferred: Vec<u64> = self
+            .deferred_deletes
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        for ino in deferred {
+            self.delete_deferred(ino).await;
+        }
+        let mut dirs = vec![];
         for node in self.inodes.all() {
             if let Err(e) = self.commit_inode(&node).await {
                 let p = self.inodes.path(node.ino).unwrap_or_default();
                 failures.push((p, e));
             }
+            let s = node.snapshot();
+            // Implicit directories (no marker) and the root keep theirs in
+            // memory only: storing would create a marker they never had.
+            if s.local_times && s.etag.is_some() && !s.unlinked && node.ino != ROOT_INO {
+                dirs.push(node);
+            }
+        }
+        use futures::stream::{self, StreamExt};
+        let stored: Vec<(u64, FsResult<()>)> = stream::iter(dirs)
+            .map(|n| async move { (n.ino, self.persist_dir_times(&n).await) })
+            .buffer_unordered(self.cfg.head_concurrency.max(1))
+            .collect()
+            .await;
+        for (ino, r) in stored {
+            if let Err(e) = r {
+                failures.push((self.inodes.path(ino).unwrap_or_default(), e));
+            }
         }
         failures
+    }
+
+    /// Was this version of this blob unlinked here while open (so it is
+    /// still stored, but gone for this mount)?
+    fn is_unlinked_blob(&self, name: &str, etag: &str) -> bool {
+        self.deferred_deletes
+            .lock()
+            .unwrap()
+            .values()
+            .any(|(n, e)| n == name && e == etag)
+    }
+
+    /// Delete the blob an unlink left for open descriptors (the last one is
+    /// gone, or the mount ends). If-Match: a newer blob of that name stays.
+    async fn delete_deferred(&self, ino: u64) {
+        let Some((path, etag)) = self.deferred_deletes.lock().unwrap().remove(&ino) else {
+            return;
+        };
+        match self
+            .client
+            .delete_blob(&path, &Conditions::if_match(etag))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() || e.status() == Some(412) => {}
+            Err(e) => {
+                tracing::error!(path = %path, error = %e, "could not delete a blob unlinked while open")
+            }
+        }
+    }
+
+    /// `path` is being created again: a blob of that name left for open
+    /// descriptors of an unlinked file goes now, or the new object's commit
+    /// (If-None-Match) would meet it. Those descriptors keep what they hold
+    /// in memory; uncached reads of the old content then fail (ESTALE).
+    async fn reclaim_name(&self, path: &str) {
+        let inos: Vec<u64> = self
+            .deferred_deletes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (n, _))| n == path)
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in inos {
+            self.delete_deferred(ino).await;
+        }
+    }
+
+    /// A descriptor of `ino` was released: if it was the last one of a file
+    /// unlinked while open, delete its blob now.
+    async fn release_unlinked(&self, ino: u64) {
+        if !self.deferred_deletes.lock().unwrap().contains_key(&ino) {
+            return;
+        }
+        let still_open = self.handles.lock().unwrap().values().any(|h| h.ino == ino);
+        if !still_open {
+            self.delete_deferred(ino).await;
+        }
+    }
+
+    /// An entry of directory `ino` was created, removed or renamed: its
+    /// mtime and ctime move (POSIX). They are kept in memory and stored with
+    /// the directory's next marker write (its chmod/chown/utimens, or at
+    /// unmount), so creating a file costs no extra request.
+    fn dir_changed(&self, ino: u64) {
+        if let Some(n) = self.inodes.get(ino) {
+            let now = std::time::SystemTime::now();
+            let mut s = n.state.lock().unwrap();
+            s.attr.mtime = now;
+            s.attr.ctime = now;
+            s.local_times = true;
+        }
+    }
+
+    /// Rewrite a directory marker with the directory's current attributes,
+    /// if it is still the marker we know (If-Match: a directory removed or
+    /// changed by another client meanwhile is left alone).
+    async fn persist_dir_times(&self, node: &Inode) -> FsResult<()> {
+        let path = self.path_of(node.ino)?;
+        let s = node.snapshot();
+        let Some(etag) = s.etag else { return Ok(()) };
+        let opts = cpkfs_blob::CommitOptions {
+            content_type: None,
+            metadata: s.attr.to_metadata(),
+            conditions: Conditions::if_match(etag),
+        };
+        let r = match self
+            .client
+            .put_blob(&path, bytes::Bytes::new(), &opts, None)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() || e.status() == Some(412) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut st = node.state.lock().unwrap();
+        st.etag = Some(r.etag);
+        st.local_times = false;
+        Ok(())
     }
 }
 

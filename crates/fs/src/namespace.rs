@@ -67,6 +67,7 @@ impl Fs {
             meta_known: true,
             unlinked: false,
             local_etag: Some(etag),
+            local_times: false,
         }
     }
 
@@ -92,16 +93,7 @@ impl Fs {
         }
         self.must_not_exist(parent, name).await?;
         let path = join(&self.path_of(parent)?, name);
-        let now = SystemTime::now();
-        let attr = Attr {
-            kind: Kind::Dir,
-            size: 0,
-            perm: (mode & 0o7777) as u16,
-            uid,
-            gid,
-            mtime: now,
-            ctime: now,
-        };
+        let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
         // Markers are written without the CPK so listings (which hide CPK
         // blobs' metadata) still show `hdi_isfolder`; they hold no data.
         let opts = CommitOptions {
@@ -118,6 +110,65 @@ impl Fs {
             name,
             self.child_state(parent, name, attr, r.etag, None),
         );
+        self.dir_changed(parent);
+        Ok(Entry {
+            ino: node.ino,
+            attr,
+        })
+    }
+
+    /// A FIFO, character or block device or unix socket: a zero-byte blob
+    /// whose metadata says its type, mode, owner and `rdev` (the kernel does
+    /// their I/O). Like directory markers they hold no data and are written
+    /// without the key, so a listing shows what they are without a keyed HEAD.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Entry> {
+        check_name(name)?;
+        if !kind.is_special() {
+            return Err(FsError::Invalid(
+                "mknod of a type that is not a special file",
+            ));
+        }
+        if self.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if self.node(parent)?.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        self.must_not_exist(parent, name).await?;
+        let path = join(&self.path_of(parent)?, name);
+        let attr = Attr {
+            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                rdev
+            } else {
+                0
+            },
+            ..Attr::new(kind, (perm & 0o7777) as u16, uid, gid)
+        };
+        let opts = CommitOptions {
+            content_type: None,
+            metadata: attr.to_metadata(),
+            conditions: Conditions::default(),
+        };
+        let r = self
+            .client
+            .put_blob(&path, Bytes::new(), &opts, None)
+            .await?;
+        let node = self.inodes.upsert(
+            parent,
+            name,
+            self.child_state(parent, name, attr, r.etag, None),
+        );
+        self.dir_changed(parent);
         Ok(Entry {
             ino: node.ino,
             attr,
@@ -125,15 +176,25 @@ impl Fs {
     }
 
     async fn dir_is_empty(&self, ino: u64, path: &str) -> FsResult<bool> {
+        // Blobs unlinked while open are still stored but gone for this
+        // mount: they do not count (a directory holds few of them, so one
+        // small page tells).
         let page = self
             .client
             .list_blobs(&ListOptions {
                 prefix: Some(format!("{path}/")),
-                max_results: Some(1),
+                delimiter: Some("/".into()),
+                max_results: Some(16),
                 ..Default::default()
             })
             .await?;
-        if !page.blobs.is_empty() || !page.prefixes.is_empty() {
+        if !page.prefixes.is_empty()
+            || page.next_marker.is_some()
+            || page
+                .blobs
+                .iter()
+                .any(|b| !self.is_unlinked_blob(&b.name, &b.properties.etag))
+        {
             return Ok(false);
         }
         // Files created here but not committed yet count too.
@@ -155,15 +216,30 @@ impl Fs {
         if !self.dir_is_empty(e.ino, &path).await? {
             return Err(FsError::NotEmpty);
         }
+        // What is left are blobs unlinked while open: they go with it.
+        let inside: Vec<u64> = self
+            .deferred_deletes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (n, _))| n.starts_with(&format!("{path}/")))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in inside {
+            self.delete_deferred(i).await;
+        }
         match self.client.delete_blob(&path, &Conditions::default()).await {
             Ok(()) => {}
             Err(err) if err.is_not_found() => {} // an implicit directory
             Err(err) => return Err(err.into()),
         }
         if let Some(n) = self.inodes.remove_child(parent, name) {
-            n.state.lock().unwrap().unlinked = true;
+            let mut s = n.state.lock().unwrap();
+            s.unlinked = true;
+            s.attr.nlink = 0;
         }
         self.inodes.set_negative(parent, name, self.expiry());
+        self.dir_changed(parent);
         Ok(())
     }
 
@@ -177,17 +253,40 @@ impl Fs {
         }
         let node = self.node(e.ino)?;
         let path = join(&self.path_of(parent)?, name);
-        if node.snapshot().etag.is_some() {
-            match self.client.delete_blob(&path, &Conditions::default()).await {
-                Ok(()) => {}
-                Err(err) if err.is_not_found() => {}
-                Err(err) => return Err(err.into()),
+        if let Some(etag) = node.snapshot().etag {
+            let open = self
+                .handles
+                .lock()
+                .unwrap()
+                .values()
+                .any(|h| h.ino == e.ino);
+            if open {
+                // Open descriptors keep reading it (POSIX): the blob goes
+                // when the last one is released; this mount hides it now.
+                self.deferred_deletes
+                    .lock()
+                    .unwrap()
+                    .insert(e.ino, (path.clone(), etag));
+            } else {
+                match self.client.delete_blob(&path, &Conditions::default()).await {
+                    Ok(()) => {}
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => return Err(err.into()),
+                }
             }
         }
         // Open handles keep working on their data; nothing is committed back.
-        node.state.lock().unwrap().unlinked = true;
+        {
+            let mut s = node.state.lock().unwrap();
+            s.unlinked = true;
+            // fstat of an open descriptor shows it is gone (no hard links:
+            // this was the only name).
+            s.attr.nlink = 0;
+            s.attr.ctime = SystemTime::now();
+        }
         self.inodes.remove_child(parent, name);
         self.inodes.set_negative(parent, name, self.expiry());
+        self.dir_changed(parent);
         Ok(())
     }
 
@@ -205,15 +304,9 @@ impl Fs {
         }
         self.must_not_exist(parent, name).await?;
         let path = join(&self.path_of(parent)?, name);
-        let now = SystemTime::now();
         let attr = Attr {
-            kind: Kind::Symlink,
             size: target.len() as u64,
-            perm: 0o777,
-            uid,
-            gid,
-            mtime: now,
-            ctime: now,
+            ..Attr::new(Kind::Symlink, 0o777, uid, gid)
         };
         let opts = CommitOptions {
             content_type: None,
@@ -235,6 +328,7 @@ impl Fs {
             name,
             self.child_state(parent, name, attr, r.etag, cpk),
         );
+        self.dir_changed(parent);
         Ok(Entry {
             ino: node.ino,
             attr,
@@ -335,10 +429,18 @@ impl Fs {
     /// where the service supports it ([`Fs::copy_on_server`]), otherwise they are
     /// streamed block by block through the client and re-committed with the
     /// mount's key.
-    async fn copy_one(&self, src: &str, dst: &str, cpk_sha256: Option<&str>) -> FsResult<String> {
+    /// `set`: metadata to store over the source's (a non-CPK copy then
+    /// stores exactly it).
+    async fn copy_one(
+        &self,
+        src: &str,
+        dst: &str,
+        cpk_sha256: Option<&str>,
+        set: Option<&cpkfs_blob::Metadata>,
+    ) -> FsResult<String> {
         match cpk_sha256 {
             None => {
-                let r = self.client.copy_blob(dst, src, None).await?;
+                let r = self.client.copy_blob(dst, src, set).await?;
                 let mut status = r.copy_status.clone();
                 let mut etag = r.etag.clone();
                 let deadline = Instant::now() + std::time::Duration::from_secs(600);
@@ -370,9 +472,11 @@ impl Fs {
                     .client
                     .get_blob_properties(src, key.as_deref(), &Conditions::default())
                     .await?;
+                let mut metadata = props.metadata.clone();
+                metadata.extend(set.cloned().unwrap_or_default());
                 let opts = CommitOptions {
                     content_type: props.content_type.clone(),
-                    metadata: props.metadata.clone(),
+                    metadata,
                     conditions: Conditions::default(),
                 };
                 if let Some(etag) = self
@@ -468,7 +572,9 @@ impl Fs {
             self.rename_dir(&src_path, &dst_path).await?;
             if let Some(d) = &dst {
                 if let Ok(dn) = self.node(d.ino) {
-                    dn.state.lock().unwrap().unlinked = true;
+                    let mut ds = dn.state.lock().unwrap();
+                    ds.unlinked = true;
+                    ds.attr.nlink = 0;
                 }
                 // The empty destination directory's marker is replaced.
             }
@@ -479,14 +585,24 @@ impl Fs {
                 n.state.lock().unwrap().expires = Instant::now();
             }
             node.state.lock().unwrap().etag = None;
+            self.dir_changed(parent);
+            self.dir_changed(new_parent);
             return Ok(());
         }
         // A file or symlink: make sure its content is committed first.
         self.commit_inode(&node).await?;
         let s = node.snapshot();
         if let Some(etag) = &s.etag {
+            // A rename changes the object's ctime (as on Linux filesystems).
+            // Stored with the copy where the metadata is known whole: our
+            // CPK blobs (merged over what the copy reads) and special files;
+            // for other tools' plain blobs (their metadata is kept as is) it
+            // stays in memory.
+            let ctime = SystemTime::now();
+            let set = (s.meta_known && (s.cpk_sha256.is_some() || s.attr.kind.is_special()))
+                .then(|| Attr { ctime, ..s.attr }.to_metadata());
             let new_etag = self
-                .copy_one(&src_path, &dst_path, s.cpk_sha256.as_deref())
+                .copy_one(&src_path, &dst_path, s.cpk_sha256.as_deref(), set.as_ref())
                 .await?;
             match self
                 .client
@@ -509,12 +625,17 @@ impl Fs {
         }
         if let Some(d) = &dst {
             if let Ok(dn) = self.node(d.ino) {
-                dn.state.lock().unwrap().unlinked = true;
+                let mut ds = dn.state.lock().unwrap();
+                ds.unlinked = true;
+                ds.attr.nlink = 0;
             }
         }
         self.inodes.remove_child(new_parent, new_name);
         self.inodes.rename(parent, name, new_parent, new_name);
         self.inodes.set_negative(parent, name, self.expiry());
+        node.state.lock().unwrap().attr.ctime = SystemTime::now();
+        self.dir_changed(parent);
+        self.dir_changed(new_parent);
         Ok(())
     }
 
@@ -540,7 +661,7 @@ impl Fs {
             for b in page.blobs {
                 let to = format!("{dst}{}", &b.name[src.len()..]);
                 let res = async {
-                    self.copy_one(&b.name, &to, b.properties.cpk_sha256.as_deref())
+                    self.copy_one(&b.name, &to, b.properties.cpk_sha256.as_deref(), None)
                         .await?;
                     match self
                         .client
@@ -569,7 +690,7 @@ impl Fs {
             .await
         {
             Ok(_) => {
-                self.copy_one(src, dst, None).await?;
+                self.copy_one(src, dst, None, None).await?;
                 let _ = self.client.delete_blob(src, &Conditions::default()).await;
             }
             Err(e) if e.is_not_found() => {
