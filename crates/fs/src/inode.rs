@@ -231,6 +231,17 @@ impl InodeTable {
         }
     }
 
+    /// Until when this mount may hold that `name` is absent from `parent`:
+    /// the later of its negative entry and the parent's complete listing
+    /// (None if neither is fresh).
+    pub fn absent_until(&self, parent: u64, name: &str) -> Option<Instant> {
+        let t = self.t.lock().unwrap();
+        let now = Instant::now();
+        let neg = t.negative.get(&(parent, name.to_string())).copied();
+        let listed = t.listed.get(&parent).copied();
+        neg.into_iter().chain(listed).filter(|u| *u > now).max()
+    }
+
     pub fn clear_negative(&self, parent: u64, name: &str) {
         self.t
             .lock()

@@ -151,6 +151,11 @@ fn check_name(name: &str) -> FsResult<()> {
     Ok(())
 }
 
+/// Items the lookup probe asks for: enough for the siblings that sort
+/// between `name` and `name/` (`name.txt`, `name-1`) in all but odd
+/// directories, small enough to cost no more than a one-item listing.
+const PROBE_PAGE: u32 = 32;
+
 fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
@@ -367,30 +372,10 @@ impl Fs {
     }
 
     /// Ask the service what `path` is: a blob (file, marker, symlink) and/or a
-    /// prefix (directory). Two listings run concurrently; a CPK blob of ours
-    /// also needs a keyed HEAD for its metadata.
+    /// prefix (directory) — see [`Fs::probe`]. A CPK blob of ours also needs
+    /// a keyed HEAD for its metadata.
     async fn lookup_remote(&self, parent: u64, name: &str, path: &str) -> FsResult<Entry> {
-        let blob_q = ListOptions {
-            prefix: Some(path.to_string()),
-            max_results: Some(1),
-            include_metadata: true,
-            ..Default::default()
-        };
-        let dir_q = ListOptions {
-            prefix: Some(format!("{path}/")),
-            max_results: Some(1),
-            ..Default::default()
-        };
-        let (b, d) = tokio::join!(
-            self.client.list_blobs(&blob_q),
-            self.client.list_blobs(&dir_q)
-        );
-        let (b, d) = (b?, d?);
-        let blob = b
-            .blobs
-            .into_iter()
-            .find(|x| x.name == path && !self.is_unlinked_blob(&x.name, &x.properties.etag));
-        let is_dir_prefix = !d.blobs.is_empty() || !d.prefixes.is_empty();
+        let (blob, is_dir_prefix) = self.probe(path).await?;
         if let Some(mut item) = blob {
             if item.properties.metadata_encrypted {
                 self.reveal_cpk_metadata(std::slice::from_mut(&mut item))
@@ -431,6 +416,49 @@ impl Fs {
         }
         self.inodes.set_negative(parent, name, self.expiry());
         Err(FsError::NotFound)
+    }
+
+    /// The blob named `path` (if any, and not unlinked here while open) and
+    /// whether `path/` is a prefix, usually in one List Blobs: prefix `path`
+    /// with the `/` delimiter lists, in name order, the blob `path` itself,
+    /// then siblings such as `path.txt` (`.` and `-` sort before `/`), then
+    /// the prefix `path/`. The answer is complete once the page reaches a name
+    /// at or after `path/` or the listing ends; only when more than a page of
+    /// such siblings stands in the way does a second listing ask about the
+    /// prefix directly.
+    async fn probe(&self, path: &str) -> FsResult<(Option<BlobItem>, bool)> {
+        let dir = format!("{path}/");
+        let page = self
+            .client
+            .list_blobs(&ListOptions {
+                prefix: Some(path.to_string()),
+                delimiter: Some("/".into()),
+                max_results: Some(PROBE_PAGE),
+                include_metadata: true,
+                ..Default::default()
+            })
+            .await?;
+        let complete = page.next_marker.is_none()
+            || page.prefixes.iter().any(|p| *p >= dir)
+            || page.blobs.iter().any(|b| b.name >= dir);
+        let is_dir = if complete {
+            page.prefixes.contains(&dir)
+        } else {
+            let d = self
+                .client
+                .list_blobs(&ListOptions {
+                    prefix: Some(dir),
+                    max_results: Some(1),
+                    ..Default::default()
+                })
+                .await?;
+            !d.blobs.is_empty() || !d.prefixes.is_empty()
+        };
+        let blob = page
+            .blobs
+            .into_iter()
+            .find(|x| x.name == path && !self.is_unlinked_blob(&x.name, &x.properties.etag));
+        Ok((blob, is_dir))
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
@@ -781,29 +809,34 @@ impl Fs {
 
 /// Named points where a test can hold an operation (`arm`), to run another
 /// operation in exactly the interleaving a race needs. Compiled into tests
-/// only; a point nobody armed costs one lock.
+/// only; a point nobody armed costs one lock. Points that every test passes
+/// through carry the blob's path in their name, so a test arms them for its
+/// own file only (unit tests run in parallel).
 #[cfg(test)]
 pub(crate) mod pause {
     use std::sync::Mutex;
     use tokio::sync::oneshot;
 
-    type Gate = (&'static str, oneshot::Sender<()>, oneshot::Receiver<()>);
+    type Gate = (String, oneshot::Sender<()>, oneshot::Receiver<()>);
     static GATES: Mutex<Vec<Gate>> = Mutex::new(Vec::new());
 
     /// The next task reaching `point` signals the first receiver, then waits
     /// until the returned sender is used.
-    pub fn arm(point: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+    pub fn arm(point: &str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (resume_tx, resume_rx) = oneshot::channel();
-        GATES.lock().unwrap().push((point, reached_tx, resume_rx));
+        GATES
+            .lock()
+            .unwrap()
+            .push((point.to_string(), reached_tx, resume_rx));
         (reached_rx, resume_tx)
     }
 
-    pub async fn point(name: &'static str) {
+    pub async fn point(name: &str) {
         let gate = {
             let mut g = GATES.lock().unwrap();
             g.iter()
-                .position(|(n, ..)| *n == name)
+                .position(|(n, ..)| n == name)
                 .map(|i| g.swap_remove(i))
         };
         if let Some((_, reached, resume)) = gate {
