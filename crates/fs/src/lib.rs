@@ -9,6 +9,7 @@ pub mod error;
 mod files;
 pub mod inode;
 pub mod keyring;
+mod listing;
 mod namespace;
 pub mod write;
 
@@ -132,6 +133,8 @@ pub struct Fs {
     /// the source key, service version 2026-02-06): learnt from the first attempt,
     /// once per mount (`namespace.rs`).
     server_copy: namespace::ServerCopy,
+    /// One listing of a directory at a time (`listing.rs`).
+    relists: listing::Relists,
 }
 
 /// Names the service cannot store or that would break the tree.
@@ -199,6 +202,7 @@ impl Fs {
             )),
             deferred_deletes: Mutex::new(HashMap::new()),
             server_copy: namespace::ServerCopy::default(),
+            relists: listing::Relists::default(),
         })
     }
 
@@ -287,8 +291,9 @@ impl Fs {
     }
 
     /// Fill in hidden metadata of CPK blobs (bounded parallel keyed HEADs,
-    /// skipped when the (name, ETag) pair was seen before).
-    async fn reveal_cpk_metadata(&self, items: &mut [BlobItem]) {
+    /// skipped when the (name, ETag) pair was seen before). `fetch` false:
+    /// only what is remembered, no request.
+    async fn reveal_cpk_metadata(&self, items: &mut [BlobItem], fetch: bool) {
         use futures::stream::{self, StreamExt};
         let mut todo = vec![];
         for (i, it) in items.iter_mut().enumerate() {
@@ -311,7 +316,7 @@ impl Fs {
             }
             todo.push((i, key));
         }
-        if todo.is_empty() {
+        if todo.is_empty() || !fetch {
             return;
         }
         let results: Vec<(usize, Option<BlobProperties>)> = stream::iter(todo)
@@ -366,6 +371,9 @@ impl Fs {
         } else if self.inodes.is_negative(parent, name) || self.inodes.is_listed(parent) {
             return Err(FsError::NotFound);
         }
+        if let Some(answer) = self.lookup_by_relisting(parent, name).await? {
+            return answer;
+        }
         let dir_path = self.path_of(parent)?;
         let path = join(&dir_path, name);
         self.lookup_remote(parent, name, &path).await
@@ -378,7 +386,7 @@ impl Fs {
         let (blob, is_dir_prefix) = self.probe(path).await?;
         if let Some(mut item) = blob {
             if item.properties.metadata_encrypted {
-                self.reveal_cpk_metadata(std::slice::from_mut(&mut item))
+                self.reveal_cpk_metadata(std::slice::from_mut(&mut item), true)
                     .await;
             }
             let known = !item.properties.metadata_encrypted;
@@ -588,41 +596,8 @@ impl Fs {
             include_metadata: true,
         };
         let mut page = self.client.list_blobs(&opts).await?;
-        self.reveal_cpk_metadata(&mut page.blobs).await;
-        let plen = h.prefix.len();
-        let mut entries: Vec<(String, InodeState)> = vec![];
-        for p in &page.prefixes {
-            let n = p[plen..].trim_end_matches('/').to_string();
-            if n.is_empty() || check_name(&n).is_err() {
-                continue;
-            }
-            entries.push((n.clone(), self.implicit_dir_state(ino, &n)));
-        }
-        for b in &page.blobs {
-            let n = b.name[plen..].to_string();
-            if n.is_empty()
-                || n.contains('/')
-                || check_name(&n).is_err()
-                || self.is_unlinked_blob(&b.name, &b.properties.etag)
-            {
-                continue;
-            }
-            let known = !b.properties.metadata_encrypted;
-            entries.push((
-                n.clone(),
-                self.state_from_props(ino, &n, &b.properties, known),
-            ));
-        }
-        // Sort by name, directories (marker or prefix) merged into one entry:
-        // the first of a name wins, so put directories before files and,
-        // among directories, the marker blob (it carries the mode, owner and
-        // mtime set by mkdir/chmod/utimens) before the bare prefix, whose
-        // attributes are only defaults.
-        entries.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then((a.1.attr.kind != Kind::Dir).cmp(&(b.1.attr.kind != Kind::Dir)))
-                .then(a.1.etag.is_none().cmp(&b.1.etag.is_none()))
-        });
+        self.reveal_cpk_metadata(&mut page.blobs, true).await;
+        let entries = self.page_entries(ino, h.prefix.len(), &page);
         for (n, st) in entries {
             if h.seen.contains(&n) {
                 continue;
@@ -636,7 +611,8 @@ impl Fs {
             Some(m) => h.marker = Some(m),
             None => {
                 h.listing_done = true;
-                self.inodes.mark_listed(ino, self.expiry());
+                let one_page = h.marker.is_none();
+                self.inodes.mark_listed(ino, self.expiry(), one_page);
             }
         }
         Ok(())

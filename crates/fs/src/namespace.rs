@@ -116,7 +116,7 @@ impl Fs {
             self.child_state(parent, name, attr, r.etag, None),
         );
         if let Some(until) = empty_until {
-            self.inodes.mark_listed(node.ino, until);
+            self.inodes.mark_listed(node.ino, until, true);
         }
         self.dir_changed(parent);
         Ok(Entry {

@@ -327,3 +327,55 @@ async fn unlink_is_one_delete_blob() {
         Err(cpkfs_fs::FsError::NotFound)
     ));
 }
+
+/// When the listing of a small directory expires (attr_ttl), the next
+/// lookup the mount cannot answer lists the directory again — one request —
+/// and the lookups after it (existing names and misses alike) are answered
+/// from that listing. What other clients changed meanwhile shows: a name
+/// they removed is asked about on its own and is gone, one they added is
+/// found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_listing_is_renewed_with_one_request() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    let ttl = std::time::Duration::from_secs(2);
+    let fs = mount_with_ttl(&client, ttl);
+    let names: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    for n in &names {
+        put_file(&fs, n, n.as_bytes()).await;
+    }
+    assert_eq!(list_names(&fs, 1).await.len(), names.len());
+    // Another client adds one name and removes another.
+    let other = mount(&client);
+    put_file(&other, "added", b"new").await;
+    other.unlink(1, "a3").await.unwrap();
+    // Wait for the listing to expire (a wait, not a measurement).
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(200)).await;
+
+    stats.reset().await;
+    for n in names.iter().filter(|n| *n != "a3") {
+        assert_eq!(fs.lookup(1, n).await.unwrap().attr.size, n.len() as u64);
+    }
+    for i in 0..10 {
+        assert!(matches!(
+            fs.lookup(1, &format!("missing{i}")).await,
+            Err(cpkfs_fs::FsError::NotFound)
+        ));
+    }
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("ListBlobs", 1)]), "{s}");
+
+    assert!(matches!(
+        fs.lookup(1, "a3").await,
+        Err(cpkfs_fs::FsError::NotFound)
+    ));
+    // Found in the new listing, its metadata hidden (CPK): one keyed HEAD.
+    assert_eq!(fs.lookup(1, "added").await.unwrap().attr.size, 3);
+    let s = stats.requests().await;
+    assert_eq!(
+        ops(&s),
+        want(&[("ListBlobs", 2), ("GetBlobProperties", 1)]),
+        "{s}"
+    );
+}
