@@ -94,27 +94,7 @@ impl Fs {
         self.must_not_exist(parent, name).await?;
         let path = join(&self.path_of(parent)?, name);
         let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
-        // Markers are written without the CPK so listings (which hide CPK
-        // blobs' metadata) still show `hdi_isfolder`; they hold no data.
-        let opts = CommitOptions {
-            content_type: None,
-            metadata: attr.to_metadata(),
-            conditions: Conditions::default(),
-        };
-        let r = self
-            .client
-            .put_blob(&path, Bytes::new(), &opts, None)
-            .await?;
-        let node = self.inodes.upsert(
-            parent,
-            name,
-            self.child_state(parent, name, attr, r.etag, None),
-        );
-        self.dir_changed(parent);
-        Ok(Entry {
-            ino: node.ino,
-            attr,
-        })
+        self.store_keyless_node(parent, name, &path, attr).await
     }
 
     /// A FIFO, character or block device or unix socket: a zero-byte blob
@@ -154,6 +134,20 @@ impl Fs {
             },
             ..Attr::new(kind, (perm & 0o7777) as u16, uid, gid)
         };
+        self.store_keyless_node(parent, name, &path, attr).await
+    }
+
+    /// Write a zero-byte blob whose metadata is the whole node (a directory
+    /// marker or a special file) and enter it in the tree. Written without
+    /// the CPK so listings, which hide CPK blobs' metadata, still show what
+    /// it is; such blobs hold no data.
+    async fn store_keyless_node(
+        &self,
+        parent: u64,
+        name: &str,
+        path: &str,
+        attr: Attr,
+    ) -> FsResult<Entry> {
         let opts = CommitOptions {
             content_type: None,
             metadata: attr.to_metadata(),
@@ -161,7 +155,7 @@ impl Fs {
         };
         let r = self
             .client
-            .put_blob(&path, Bytes::new(), &opts, None)
+            .put_blob(path, Bytes::new(), &opts, None)
             .await?;
         let node = self.inodes.upsert(
             parent,
