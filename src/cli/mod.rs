@@ -1,10 +1,13 @@
 //! The `cpkfs` command line: `cpkfs mount`, the mount-helper form used by
-//! `mount -t fuse.cpkfs` and fstab, `cpkfs unmount`.
+//! `mount -t fuse.cpkfs` and fstab, `cpkfs unmount`, `cpkfs stats` (a running
+//! mount's counters) and `cpkfs doctor` (a container checked without a mount).
 
+pub mod doctor;
 pub mod logging;
 pub mod mount;
 pub mod rotate;
 pub mod settings;
+pub mod stats;
 pub mod vault;
 
 use anyhow::{bail, Result};
@@ -32,6 +35,10 @@ pub enum Cmd {
     RotateCpk(rotate::RotateArgs),
     /// Generate a random 256-bit customer-provided key into a 0600 file, optionally wrapped by a Key Vault key (--wrap-with); prints its SHA-256.
     Keygen(vault::KeygenArgs),
+    /// Live counters of a running mount: operations, errors, Blob requests, caches, keys, last errors.
+    Stats(stats::StatsArgs),
+    /// Check a container without a mount: keys, plain blobs, markers and symlinks, uncommitted blocks (--clean). Exit 0: nothing to fix, 1: something to fix, 2: could not check.
+    Doctor(doctor::DoctorArgs),
     /// Unmount a cpkfs mount point (same as `umount` / `fusermount3 -u`).
     Unmount {
         /// The mount point.
@@ -220,6 +227,8 @@ fn rewrite_helper_form(args: Vec<String>) -> Vec<String> {
         "mount",
         "rotate-cpk",
         "keygen",
+        "stats",
+        "doctor",
         "unmount",
         "help",
         "-h",
@@ -248,6 +257,15 @@ pub fn main() {
         Cmd::Mount(a) => mount::run(a),
         Cmd::RotateCpk(a) => rotate::run(a),
         Cmd::Keygen(a) => vault::keygen(a),
+        Cmd::Stats(a) => stats::run(a),
+        Cmd::Doctor(a) => match doctor::run(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("cpkfs: {e:#}");
+                std::process::exit(2);
+            }
+        },
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
     };
     if let Err(e) = res {

@@ -5,6 +5,7 @@
 //! - [`endpoint`]: URL building; [`xml`]: response bodies; [`models`]: data
 //! - [`retry`]: what is retried and how long to wait; [`error`]: typed errors
 //! - [`client`]: one method per REST operation; [`upload`]: streamed uploads
+//! - [`stats`]: request counters per operation, kept by the client
 
 pub mod block_id;
 pub mod client;
@@ -19,6 +20,7 @@ pub mod retry;
 pub mod sas;
 pub mod secret;
 pub mod signing;
+pub mod stats;
 pub mod upload;
 pub mod xml;
 
@@ -31,6 +33,7 @@ pub use credentials::{AccountKey, Credential, CredentialError, SasToken, SharedK
 pub use error::{BlobError, ServiceError, TransportKind};
 pub use models::*;
 pub use retry::RetryPolicy;
+pub use stats::{RequestSnapshot, RequestStats};
 pub use upload::UploadOptions;
 
 /// The service version every request pins (reference §1.2): CPK, CRC-64 and

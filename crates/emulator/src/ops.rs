@@ -776,6 +776,14 @@ fn list_blobs(shared: &Shared, req: Req) -> R {
                         }
                     }
                     None => {
+                        // Only uncommitted blocks: Last-Modified is when the
+                        // last one was staged.
+                        if let Some(t) = &e.staged_at {
+                            x.push_str(&format!(
+                                "<Creation-Time>{0}</Creation-Time><Last-Modified>{0}</Last-Modified>",
+                                rfc1123(t)
+                            ));
+                        }
                         x.push_str("<Content-Length>0</Content-Length><BlobType>BlockBlob</BlobType><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>");
                         if inc_meta {
                             x.push_str("<Metadata />");
@@ -1189,6 +1197,7 @@ pub(crate) fn stage_block(
         return Err(e);
     }
     entry.uncommitted.insert(id, (next_seq(), block));
+    entry.staged_at = Some(Utc::now());
     persist_blob(shared, req, Some(entry))
 }
 

@@ -343,7 +343,7 @@ impl Fs {
             // A random read: serve from the cache if the block is there,
             // otherwise fetch just the bytes asked for.
             let key = self.block_key(path, etag, first);
-            if let Some(block) = self.cache.get(&key) {
+            if let Some(block) = self.cache.lookup(&key) {
                 let s = (offset - first * b) as usize;
                 return Ok(block.slice(s..s + (end - offset) as usize));
             }

@@ -10,6 +10,7 @@ mod files;
 pub mod inode;
 pub mod keyring;
 mod namespace;
+pub mod stats;
 pub mod write;
 
 use attr::{Attr, AttrDefaults, Kind};
@@ -132,6 +133,8 @@ pub struct Fs {
     /// the source key, service version 2026-02-06): learnt from the first attempt,
     /// once per mount (`namespace.rs`).
     server_copy: namespace::ServerCopy,
+    /// Operations, errors and bytes, for `cpkfs stats`.
+    stats: stats::MountStats,
 }
 
 /// Names the service cannot store or that would break the tree.
@@ -194,6 +197,7 @@ impl Fs {
             )),
             deferred_deletes: Mutex::new(HashMap::new()),
             server_copy: namespace::ServerCopy::default(),
+            stats: stats::MountStats::default(),
         })
     }
 
@@ -205,6 +209,76 @@ impl Fs {
     }
     pub fn cache(&self) -> &BlockCache {
         &self.cache
+    }
+    pub fn stats(&self) -> &stats::MountStats {
+        &self.stats
+    }
+
+    /// The blob path of an inode ("" for the root), if it is known.
+    pub fn path_for(&self, ino: u64) -> Option<String> {
+        self.inodes.path(ino)
+    }
+
+    /// Everything `cpkfs stats` shows, now. Takes no lock that a request
+    /// holds across the network: a file whose write lock is busy (a write or
+    /// commit under way) counts as having pending writes.
+    pub fn stats_snapshot(&self) -> stats::StatsSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let requests = self.client.stats().snapshot();
+        let account_key = match self.client.credential() {
+            cpkfs_blob::Credential::SharedKey(c) => stats::AccountKeyInUse::SharedKey {
+                in_use: c.current().0 + 1,
+                of: c.key_count(),
+            },
+            cpkfs_blob::Credential::Sas(_) => stats::AccountKeyInUse::Sas,
+        };
+        let keys = stats::KeysInUse {
+            account_key,
+            cpk_sha256: self.cfg.keyring.current().map(|k| k.sha256().to_string()),
+            older_cpk_sha256: self
+                .cfg
+                .keyring
+                .older()
+                .iter()
+                .map(|k| k.sha256().to_string())
+                .collect(),
+        };
+        let pending: Vec<String> = self
+            .inodes
+            .all()
+            .into_iter()
+            .filter(|n| match n.write.try_lock() {
+                Ok(w) => w.as_ref().is_some_and(|ws| ws.is_dirty()),
+                Err(_) => true,
+            })
+            .filter_map(|n| self.inodes.path(n.ino))
+            .collect();
+        let cache = self.cache.stats();
+        let counters = self.cache.counters();
+        stats::StatsSnapshot {
+            version: stats::SNAPSHOT_VERSION,
+            container: self.client.container().to_string(),
+            uptime_secs: self.stats.uptime_secs(),
+            keys,
+            operations: self.stats.operations(),
+            errors_by_kind: self.stats.error_kinds(),
+            memory_cache: stats::TierStat {
+                hits: counters.hits.load(Relaxed),
+                misses: counters.misses.load(Relaxed),
+                bytes: Some(cache.bytes as u64),
+                capacity: Some(self.cache.capacity() as u64),
+            },
+            disk_cache: self.stats.disk_tier(),
+            bytes: stats::ByteCounts {
+                read_by_apps: self.stats.bytes_read.load(Relaxed),
+                written_by_apps: self.stats.bytes_written.load(Relaxed),
+                from_azure: requests.total.bytes_in,
+                to_azure: requests.total.bytes_out,
+            },
+            requests,
+            pending_writes: stats::PendingWrites::from_paths(pending),
+            last_errors: self.stats.recent_errors(),
+        }
     }
 
     fn node(&self, ino: u64) -> FsResult<Arc<Inode>> {
@@ -558,6 +632,7 @@ impl Fs {
             marker: h.marker.clone(),
             max_results: Some(5000),
             include_metadata: true,
+            ..Default::default()
         };
         let mut page = self.client.list_blobs(&opts).await?;
         self.reveal_cpk_metadata(&mut page.blobs).await;
