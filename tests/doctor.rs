@@ -100,6 +100,7 @@ async fn doctor_finds_each_problem_and_cleans_uncommitted_blocks() {
 
     let (code, out, err) = doctor("doc", &[]);
     assert_eq!(code, Some(1), "{out}\n{err}");
+    println!("{out}"); // shown with --nocapture (README's example comes from here)
     let has = |want: &str| assert!(out.contains(want), "{want:?} missing in\n{out}");
     has("checked 9 blob(s)");
     has(&format!(

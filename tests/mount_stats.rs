@@ -265,6 +265,8 @@ fn last_errors_show_the_foreign_key_file_with_the_azure_code_and_request_id() {
         "{kinds:?}"
     );
     let table = cpkfs_stats(&m, false);
+    // Shown with --nocapture (README's example comes from here).
+    println!("{table}");
     assert!(
         table.contains(&format!(
             "HTTP 409 code BlobUsesCustomerSpecifiedEncryption request id {rid}"
