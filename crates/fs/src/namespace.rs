@@ -12,12 +12,6 @@ use cpkfs_blob::{
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Instant, SystemTime};
 
-/// Put Blob From URL copies up to 5,000 MiB in one request.
-const MAX_PUT_BLOB_FROM_URL: u64 = 5000 << 20;
-/// Larger blobs are copied as Put Block From URL ranges of this size (the
-/// service allows 4,000 MiB; smaller ranges keep each request well inside the
-/// client's per-attempt timeout).
-const FROM_URL_BLOCK: u64 = 256 << 20;
 /// Copies of a CPK blob whose source keeps changing under the copy, before
 /// the rename gives up with ESTALE.
 const COPY_ATTEMPTS: u32 = 3;
@@ -352,7 +346,7 @@ impl Fs {
         Ok(b)
     }
 
-    /// Copy a CPK blob to `dst` inside the service: one Put Blob From URL (≤ 5,000
+    /// Copy a CPK blob to `dst` inside the service: one Put Blob From URL (≤ 256
     /// MiB) or Put Block From URL per range + Put Block List, reading the source
     /// with its own key (`src_key`, from the ring) and writing with the mount's
     /// current key — a blob under an old key is re-keyed on the way. The source is
@@ -376,33 +370,17 @@ impl Fs {
             key: src_key,
             if_match: Some(&props.etag),
         };
-        let key = self.key.as_deref();
-        let res = if props.content_length <= MAX_PUT_BLOB_FROM_URL {
-            self.client
-                .put_blob_from_url(dst, &source, opts, key)
-                .await
-                .map(|(w, _)| w.etag)
-        } else {
-            async {
-                let ids = BlockIdGen::new();
-                let mut refs = vec![];
-                let mut off = 0;
-                while off < props.content_length {
-                    let end = (off + FROM_URL_BLOCK).min(props.content_length);
-                    let id = ids.id(refs.len() as u64);
-                    self.client
-                        .put_block_from_url(dst, &id, &source, ByteRange::new(off, end), key)
-                        .await?;
-                    refs.push(BlockRef::Uncommitted(id));
-                    off = end;
-                }
-                self.client
-                    .put_block_list(dst, &refs, opts, key)
-                    .await
-                    .map(|w| w.etag)
-            }
+        let res = self
+            .client
+            .copy_from_url(
+                dst,
+                &source,
+                props.content_length,
+                opts,
+                self.key.as_deref(),
+            )
             .await
-        };
+            .map(|c| c.write.etag);
         match res {
             Ok(etag) => {
                 self.server_copy.record(true);
