@@ -21,17 +21,11 @@ use crate::blob::{
     Conditions, CopySource, CustomerKey, ListOptions, WriteResult,
 };
 use anyhow::{bail, Result};
-use base64::Engine;
 use clap::Args;
 use futures::stream::{self, StreamExt};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// Put Blob From URL re-keys up to 5,000 MiB in one request.
-const MAX_PUT_BLOB_FROM_URL: u64 = 5000 << 20;
-/// Larger blobs are re-keyed as Put Block From URL ranges of this size.
-const FROM_URL_BLOCK: u64 = 256 << 20;
 
 #[derive(Args, Clone)]
 pub struct RotateArgs {
@@ -60,11 +54,6 @@ enum Outcome {
 /// range.
 type Expected = Vec<(u64, u64)>;
 
-fn crc_from_header(v: &str) -> Option<u64> {
-    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-    Some(u64::from_le_bytes(raw.try_into().ok()?))
-}
-
 /// The service re-keys the blob onto itself. `Err(None)`: the service cannot
 /// (stream instead); `Err(Some(outcome))`: a final outcome.
 async fn rekey_on_server(
@@ -80,44 +69,11 @@ async fn rekey_on_server(
         key: Some(old),
         if_match: Some(&props.etag),
     };
-    let size = props.content_length;
-    if size <= MAX_PUT_BLOB_FROM_URL {
-        let (w, crc) = client
-            .put_blob_from_url(name, &src, opts, Some(new))
-            .await
-            .map_err(Some)?;
-        let expected = crc
-            .as_deref()
-            .and_then(crc_from_header)
-            .map(|c| vec![(size, c)]);
-        return Ok((w, expected.unwrap_or_default()));
-    }
-    let ids = BlockIdGen::new();
-    let (mut refs, mut expected) = (vec![], vec![]);
-    let mut off = 0;
-    while off < size {
-        let end = (off + FROM_URL_BLOCK).min(size);
-        let id = ids.id(refs.len() as u64);
-        let crc = client
-            .put_block_from_url(name, &id, &src, ByteRange::new(off, end), Some(new))
-            .await
-            .map_err(Some)?;
-        // Without a CRC per block there is nothing to compare range by range.
-        match crc.as_deref().and_then(crc_from_header) {
-            Some(c) if expected.len() == refs.len() => expected.push((end, c)),
-            _ => expected.clear(),
-        }
-        refs.push(BlockRef::Uncommitted(id));
-        off = end;
-    }
-    let w = client
-        .put_block_list(name, &refs, opts, Some(new))
+    let c = client
+        .copy_from_url(name, &src, props.content_length, opts, Some(new))
         .await
         .map_err(Some)?;
-    if expected.len() != refs.len() {
-        expected.clear();
-    }
-    Ok((w, expected))
+    Ok((c.write, c.crcs))
 }
 
 /// Re-key one blob from its old key to the current key, then verify it.

@@ -862,26 +862,55 @@ pub(crate) mod pause {
     use std::sync::Mutex;
     use tokio::sync::oneshot;
 
-    type Gate = (&'static str, oneshot::Sender<()>, oneshot::Receiver<()>);
+    /// (point, subject, reached, resume); a `None` subject matches any.
+    type Gate = (
+        &'static str,
+        Option<String>,
+        oneshot::Sender<()>,
+        oneshot::Receiver<()>,
+    );
     static GATES: Mutex<Vec<Gate>> = Mutex::new(Vec::new());
 
     /// The next task reaching `point` signals the first receiver, then waits
     /// until the returned sender is used.
     pub fn arm(point: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        arm_gate(point, None)
+    }
+
+    /// As [`arm`], for the next task reaching `point` about `subject` only
+    /// (tests run in parallel in one process: a name keeps them apart).
+    pub fn arm_on(
+        point: &'static str,
+        subject: &str,
+    ) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        arm_gate(point, Some(subject.to_string()))
+    }
+
+    fn arm_gate(
+        point: &'static str,
+        subject: Option<String>,
+    ) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (resume_tx, resume_rx) = oneshot::channel();
-        GATES.lock().unwrap().push((point, reached_tx, resume_rx));
+        GATES
+            .lock()
+            .unwrap()
+            .push((point, subject, reached_tx, resume_rx));
         (reached_rx, resume_tx)
     }
 
     pub async fn point(name: &'static str) {
+        point_on(name, "").await
+    }
+
+    pub async fn point_on(name: &'static str, subject: &str) {
         let gate = {
             let mut g = GATES.lock().unwrap();
             g.iter()
-                .position(|(n, ..)| *n == name)
+                .position(|(n, s, ..)| *n == name && s.as_deref().is_none_or(|s| s == subject))
                 .map(|i| g.swap_remove(i))
         };
-        if let Some((_, reached, resume)) = gate {
+        if let Some((_, _, reached, resume)) = gate {
             let _ = reached.send(());
             let _ = resume.await;
         }
