@@ -291,3 +291,44 @@ fn stats_of_a_directory_that_is_not_a_mount_fail_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn retries_and_faults_agree_with_the_faults_the_emulator_injected() {
+    let m = Mount::emulator();
+    let data = pattern(16 * MIB, 9);
+    std::fs::write(m.scratch.join("data"), &data).unwrap();
+    m.sh("cp $S/data $M/data", 120);
+    let (emu0, ours0) = (m.stats(), snapshot(&m));
+    // About a third of the GetBlobs (16 blocks) answered 503: each is met,
+    // counted and retried.
+    m.set_faults(Some(serde_json::json!({
+        "rate": 0.3, "kinds": ["503"], "seed": 42, "operations": ["GetBlob"]
+    })));
+    m.sh("cmp $S/data $M/data", 120);
+    m.set_faults(None);
+    let (emu1, ours1) = (m.stats(), snapshot(&m));
+    let n = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_u64).unwrap();
+    let injected = n(&emu1, "/faults_injected") - n(&emu0, "/faults_injected");
+    assert!(injected > 0, "no fault was injected: {emu1:#}");
+    let get = |s: &Value, field: &str| {
+        s["requests"]["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["operation"] == "GetBlob")
+            .map(|o| o[field].as_u64().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!(get(&ours1, "faults") - get(&ours0, "faults"), injected);
+    assert_eq!(get(&ours1, "retries") - get(&ours0, "retries"), injected);
+    assert_eq!(
+        get(&ours1, "failures"),
+        get(&ours0, "failures"),
+        "a retry gave up"
+    );
+    assert_eq!(
+        delta(&mount_requests(&ours1), &mount_requests(&ours0)),
+        delta(&emulator_requests(&emu1), &emulator_requests(&emu0)),
+        "requests by operation, retries included"
+    );
+}
