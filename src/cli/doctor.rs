@@ -588,7 +588,10 @@ pub async fn check(
     // names: the service's representation of an uncommitted-only blob in a
     // listing need not be relied on.
     let mut committed = CommittedNames {
-        pager: client.list_pager(opts(false)),
+        pager: client.list_pager(ListOptions {
+            include_metadata: false,
+            ..opts(false)
+        }),
         buf: VecDeque::new(),
         done: false,
     };
