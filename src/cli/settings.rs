@@ -519,6 +519,18 @@ mod tests {
         }
     }
 
+    /// The sample config file of the docs is valid as shipped.
+    #[test]
+    fn example_toml_parses_and_validates() {
+        let s = Settings::from_toml(
+            include_str!("../../docs/cpkfs.example.toml"),
+            "docs/cpkfs.example.toml",
+        )
+        .unwrap();
+        s.validate().unwrap();
+        assert!(s.container.is_some(), "{s:?}");
+    }
+
     #[test]
     fn refuses_secrets_and_unknowns() {
         let mut s = Settings::default();
