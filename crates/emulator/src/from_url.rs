@@ -181,7 +181,7 @@ fn authorize_source(shared: &Shared, req: &Req, s: &SourceRef) -> Result<(), Api
             )),
         };
     }
-    super::server::authenticate(
+    super::auth::authenticate(
         shared,
         &Method::GET,
         &HeaderMap::new(),
