@@ -57,8 +57,7 @@ const MAX_PATH_SHOWN: usize = 512;
 /// Files with pending writes listed by name (the count is always exact).
 const MAX_PENDING_SHOWN: usize = 20;
 
-/// Hits and misses of one cache tier. The memory cache owns one; a disk tier
-/// registers its own with [`MountStats::set_disk_tier`].
+/// Hits and misses of one cache tier (the memory cache's own counters).
 #[derive(Debug, Default)]
 pub struct TierCounters {
     /// Blocks served from the tier.
@@ -99,6 +98,11 @@ pub struct ErrorRecord {
     pub request_id: Option<String>,
 }
 
+/// Where the snapshot reads a disk cache tier's figures from: the tier
+/// registers it with [`MountStats::set_disk_tier`] when it starts (e.g. a
+/// closure over its own statistics), and the snapshot calls it each time.
+pub type DiskTierSource = Arc<dyn Fn() -> TierStat + Send + Sync>;
+
 /// Counters of one running mount.
 pub struct MountStats {
     started: Instant,
@@ -108,8 +112,8 @@ pub struct MountStats {
     recent: Mutex<VecDeque<ErrorRecord>>,
     pub bytes_read: AtomicU64,
     pub bytes_written: AtomicU64,
-    /// The disk cache tier's counters, once one registers (None: no disk tier).
-    disk_tier: OnceLock<Arc<TierCounters>>,
+    /// The disk cache tier's figures, once one registers (None: no disk tier).
+    disk_tier: OnceLock<DiskTierSource>,
 }
 
 impl Default for MountStats {
@@ -287,10 +291,11 @@ impl MountStats {
         r.push_back(rec);
     }
 
-    /// The disk cache tier registers its counters here when it starts; the
-    /// snapshot shows them from then on. A second registration is ignored.
-    pub fn set_disk_tier(&self, counters: Arc<TierCounters>) {
-        let _ = self.disk_tier.set(counters);
+    /// The disk cache tier registers where its figures come from when it
+    /// starts; the snapshot shows them from then on (until then `disk_cache`
+    /// is null: no numbers are made up). A second registration is ignored.
+    pub fn set_disk_tier(&self, source: DiskTierSource) {
+        let _ = self.disk_tier.set(source);
     }
 
     pub fn add_read(&self, n: u64) {
@@ -335,12 +340,7 @@ impl MountStats {
     }
 
     pub(crate) fn disk_tier(&self) -> Option<TierStat> {
-        self.disk_tier.get().map(|c| TierStat {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            bytes: None,
-            capacity: None,
-        })
+        self.disk_tier.get().map(|source| source())
     }
 }
 
@@ -548,7 +548,13 @@ mod tests {
         let s = MountStats::default();
         assert_eq!(s.disk_tier(), None);
         let c = Arc::new(TierCounters::default());
-        s.set_disk_tier(c.clone());
+        let counters = c.clone();
+        s.set_disk_tier(Arc::new(move || TierStat {
+            hits: counters.hits.load(Ordering::Relaxed),
+            misses: counters.misses.load(Ordering::Relaxed),
+            bytes: None,
+            capacity: None,
+        }));
         c.hit();
         c.hit();
         c.miss();
