@@ -9,6 +9,7 @@ use super::error::{BlobError, ServiceError, TransportKind};
 use super::models::*;
 use super::retry::{retry_after, status_is_retryable, RetryPolicy};
 use super::signing::string_to_sign;
+use super::stats::RequestStats;
 use super::xml;
 use super::{API_VERSION, SOURCE_CPK_VERSION};
 use bytes::Bytes;
@@ -71,6 +72,8 @@ struct Inner {
     cpk: Option<Arc<CustomerKey>>,
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
+    /// What this client (and every clone) sent and met.
+    stats: Arc<RequestStats>,
 }
 
 /// A client bound to one container. Cheap to clone.
@@ -319,6 +322,7 @@ impl BlobClient {
                 cpk: cfg.cpk,
                 retry: cfg.retry,
                 clock: cfg.clock,
+                stats: Arc::new(RequestStats::default()),
             }),
         })
     }
@@ -339,6 +343,33 @@ impl BlobClient {
     }
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// The request counters of this client and its clones.
+    pub fn stats(&self) -> &Arc<RequestStats> {
+        &self.inner.stats
+    }
+
+    /// Remember a request that ends in `err` (a final failure, not a retry).
+    fn record_failure(&self, err: &BlobError) {
+        let f = match err {
+            BlobError::Service(s) => RequestStats::failure_now(
+                s.operation,
+                &s.resource,
+                Some(s.status),
+                s.code.as_deref(),
+                s.request_id.as_deref(),
+                s.attempts,
+            ),
+            BlobError::Transport {
+                operation,
+                resource,
+                attempts,
+                ..
+            } => RequestStats::failure_now(operation, resource, None, None, None, *attempts),
+            _ => return,
+        };
+        self.inner.stats.failed(f);
     }
 
     fn blob_url(&self, name: &str, query: &[(&str, &str)]) -> Url {
@@ -429,6 +460,7 @@ impl BlobClient {
             // Error bodies are small; cap what we read.
             resp.bytes().await.unwrap_or_default()
         };
+        RequestStats::add(&self.inner.stats.op(call.op).bytes_in, body.len() as u64);
         let parsed = xml::parse_error(&body);
         let code = header_str(&headers, "x-ms-error-code")
             .map(str::to_string)
@@ -465,6 +497,7 @@ impl BlobClient {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut tried_keys: Vec<AccountKey> = Vec::new();
+        let counters = self.inner.stats.op(call.op);
         loop {
             attempt += 1;
             let account_key = match &self.inner.credential {
@@ -478,6 +511,8 @@ impl BlobClient {
                 .request(call.method.clone(), url)
                 .headers(headers)
                 .body(call.body.clone());
+            RequestStats::add(&counters.requests, 1);
+            RequestStats::add(&counters.bytes_out, call.body.len() as u64);
             let t0 = Instant::now();
             let sent = tokio::time::timeout(policy.attempt_timeout, req.send()).await;
             let retry_wait: Option<Duration>;
@@ -507,6 +542,7 @@ impl BlobClient {
                             (&self.inner.credential, &account_key)
                         {
                             if cred.rotate_after_failure(k, &mut tried_keys).is_some() {
+                                RequestStats::add(&self.inner.stats.key_switches, 1);
                                 attempt -= 1; // a key switch is not a transient-failure retry
                                 continue;
                             }
@@ -514,8 +550,11 @@ impl BlobClient {
                     }
                     if !status_is_retryable(err.status) {
                         tracing::debug!(error = %err, "blob request failed");
-                        return Err(BlobError::Service(Box::new(err)));
+                        let err = BlobError::Service(Box::new(err));
+                        self.record_failure(&err);
+                        return Err(err);
                     }
+                    RequestStats::add(&counters.faults, 1);
                     retry_wait = ra;
                     last_err = BlobError::Service(Box::new(err));
                 }
@@ -526,6 +565,9 @@ impl BlobClient {
                         TransportKind::Connect => true,
                         TransportKind::Timeout | TransportKind::Io => call.idempotent,
                     };
+                    if kind != TransportKind::Tls {
+                        RequestStats::add(&counters.faults, 1);
+                    }
                     last_err = BlobError::Transport {
                         operation: call.op,
                         resource: call.resource.clone(),
@@ -535,6 +577,7 @@ impl BlobClient {
                         source: Box::new(e),
                     };
                     if !retryable {
+                        self.record_failure(&last_err);
                         return Err(last_err);
                     }
                     retry_wait = None;
@@ -548,7 +591,9 @@ impl BlobClient {
                         elapsed: started.elapsed(),
                         source: format!("no response within {:?}", policy.attempt_timeout).into(),
                     };
+                    RequestStats::add(&counters.faults, 1);
                     if !call.idempotent {
+                        self.record_failure(&last_err);
                         return Err(last_err);
                     }
                     retry_wait = None;
@@ -557,7 +602,7 @@ impl BlobClient {
             let delay = policy.delay(attempt, retry_wait);
             if attempt >= policy.max_attempts || started.elapsed() + delay > policy.deadline {
                 tracing::warn!(op = call.op, resource = %call.resource, attempts = attempt, error = %last_err, "giving up");
-                return Err(match last_err {
+                let final_err = match last_err {
                     BlobError::Transport {
                         operation,
                         resource,
@@ -573,8 +618,11 @@ impl BlobClient {
                         source,
                     },
                     other => other,
-                });
+                };
+                self.record_failure(&final_err);
+                return Err(final_err);
             }
+            RequestStats::add(&counters.retries, 1);
             tracing::info!(op = call.op, resource = %call.resource, attempt, delay_ms = delay.as_millis() as u64, error = %last_err, "retrying");
             tokio::time::sleep(delay).await;
         }
@@ -631,8 +679,14 @@ impl BlobClient {
         if let Some(m) = &max {
             q.push(("maxresults", m));
         }
-        if opts.include_metadata {
-            q.push(("include", "metadata"));
+        let include = match (opts.include_metadata, opts.include_uncommitted) {
+            (true, true) => Some("metadata,uncommittedblobs"),
+            (true, false) => Some("metadata"),
+            (false, true) => Some("uncommittedblobs"),
+            (false, false) => None,
+        };
+        if let Some(i) = include {
+            q.push(("include", i));
         }
         let call = Call::new(
             "ListBlobs",
@@ -668,25 +722,34 @@ impl BlobClient {
             attempt += 1;
             let resp = self.execute(call.clone()).await?;
             let headers = resp.headers().clone();
+            let counters = self.inner.stats.op(call.op);
             match resp.bytes().await {
-                Ok(b) => return Ok((headers, b)),
+                Ok(b) => {
+                    RequestStats::add(&counters.bytes_in, b.len() as u64);
+                    return Ok((headers, b));
+                }
                 Err(e)
                     if attempt < self.inner.retry.max_attempts
                         && started.elapsed() < self.inner.retry.deadline =>
                 {
+                    RequestStats::add(&counters.faults, 1);
+                    RequestStats::add(&counters.retries, 1);
                     let delay = self.inner.retry.delay(attempt, None);
                     tracing::info!(op = call.op, resource = %call.resource, attempt, error = %e, "response body cut off; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    return Err(BlobError::Transport {
+                    RequestStats::add(&counters.faults, 1);
+                    let err = BlobError::Transport {
                         operation: call.op,
                         resource: call.resource.clone(),
                         kind: transport_kind(&e),
                         attempts: attempt,
                         elapsed: started.elapsed(),
                         source: Box::new(e),
-                    })
+                    };
+                    self.record_failure(&err);
+                    return Err(err);
                 }
             }
         }
@@ -1249,6 +1312,10 @@ impl BlobDownload {
                             c
                         };
                         self.offset += c.len() as u64;
+                        RequestStats::add(
+                            &self.client.inner.stats.op("GetBlob").bytes_in,
+                            c.len() as u64,
+                        );
                         return Ok(Some(c));
                     }
                     Ok(None) => "the connection ended before the promised length".to_string(),
@@ -1258,16 +1325,21 @@ impl BlobDownload {
             };
             self.resp = None;
             self.resumes += 1;
+            let counters = self.client.inner.stats.op("GetBlob");
+            RequestStats::add(&counters.faults, 1);
             if self.resumes > self.client.inner.retry.max_attempts {
-                return Err(BlobError::Transport {
+                let err = BlobError::Transport {
                     operation: "GetBlob",
                     resource: self.client.res(&self.name),
                     kind: TransportKind::Io,
                     attempts: self.resumes,
                     elapsed: Duration::ZERO,
                     source: err.into(),
-                });
+                };
+                self.client.record_failure(&err);
+                return Err(err);
             }
+            RequestStats::add(&counters.retries, 1);
             tracing::info!(blob = %self.name, offset = self.offset, error = %err, "download interrupted; resuming");
             let range = ByteRange::new(self.offset, self.end);
             match self

@@ -1,12 +1,17 @@
 //! The block cache: an LRU of fixed-size blocks bounded in bytes, keyed by
 //! (blob name, ETag, block index) so bytes of two versions never mix.
-//! Concurrent requests for the same block share one fetch.
+//! Concurrent requests for the same block share one fetch. Hits and misses
+//! are counted for `cpkfs stats`: a miss is a block fetched from below the
+//! cache (read-ahead included), a hit a block served without a new fetch
+//! (joining a fetch already under way counts as a hit).
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use super::stats::TierCounters;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -27,6 +32,7 @@ struct Inner {
 pub struct BlockCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    counters: TierCounters,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,7 +50,24 @@ impl BlockCache {
                 inflight: HashMap::new(),
             }),
             capacity: capacity_bytes,
+            counters: TierCounters::default(),
         }
+    }
+
+    /// Hits and misses so far.
+    pub fn counters(&self) -> &TierCounters {
+        &self.counters
+    }
+
+    /// A read's look into the cache: like [`get`](Self::get), counted as a
+    /// hit or a miss.
+    pub fn lookup(&self, key: &BlockKey) -> Option<Bytes> {
+        let b = self.get(key);
+        match &b {
+            Some(_) => self.counters.hit(),
+            None => self.counters.miss(),
+        }
+        b
     }
 
     pub fn capacity(&self) -> usize {
@@ -102,11 +125,16 @@ impl BlockCache {
         let fut = {
             let mut g = self.inner.lock().unwrap();
             if let Some(b) = g.lru.get(&key) {
+                self.counters.hit();
                 return Ok(b.clone());
             }
             match g.inflight.get(&key) {
-                Some(f) => f.clone(),
+                Some(f) => {
+                    self.counters.hit();
+                    f.clone()
+                }
                 None => {
+                    self.counters.miss();
                     let f = fetch().shared();
                     g.inflight.insert(key.clone(), f.clone());
                     f
@@ -193,5 +221,12 @@ mod tests {
             assert_eq!(&t.await.unwrap().unwrap()[..], b"block");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // One fetch: one miss; the seven that joined it were served without one.
+        assert_eq!(c.counters().misses.load(Ordering::Relaxed), 1);
+        assert_eq!(c.counters().hits.load(Ordering::Relaxed), 7);
+        assert!(c.lookup(&key(7)).is_some());
+        assert!(c.lookup(&key(8)).is_none());
+        assert_eq!(c.counters().hits.load(Ordering::Relaxed), 8);
+        assert_eq!(c.counters().misses.load(Ordering::Relaxed), 2);
     }
 }

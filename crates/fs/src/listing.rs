@@ -158,6 +158,7 @@ impl Fs {
                     marker: marker.take(),
                     max_results: Some(5000),
                     include_metadata: true,
+                    ..Default::default()
                 })
                 .await?;
             pages += 1;
