@@ -1,6 +1,6 @@
 //! Many small files through the kernel, counted by the emulator
-//! (`/__admin/stats`): a create does not list, `touch` and `echo x > f`
-//! store each file with one Put Blob, `cp -r` of small files one Put Blob per
+//! (`/__admin/stats`): a create does not list, `touch` stores each file with
+//! one Put Blob (`echo x > f` with two: bash closes once before it writes), `cp -r` of small files one Put Blob per
 //! file, and `rm -r` one Delete Blob per file. The fs-core side, without a
 //! kernel, is `crates/fs/tests/requests.rs`; the speed is measured by
 //! `scripts/bench-mount` (docs/PERFORMANCE.md).
@@ -15,7 +15,6 @@ mod common;
 mod mount;
 
 use mount::{Mount, MountOptions};
-use std::time::{Duration, Instant};
 
 /// The operations the emulator counted since the last reset, zeros left out.
 fn ops(m: &Mount) -> Vec<(String, u64)> {
@@ -37,24 +36,6 @@ fn want(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
     v
 }
 
-/// The kernel sends RELEASE after close() returned, and RELEASE stores a
-/// file that was created and never written (`touch`): wait until `n` Put
-/// Blobs arrived. A wait, not a timed assertion: the deadline only stops a
-/// hung test.
-fn wait_for_put_blobs(m: &Mount, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while m.op_count("PutBlob") < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} Put Blobs arrived: {:?}\n{}",
-            m.op_count("PutBlob"),
-            ops(m),
-            m.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn small_files_cost_one_request_each() {
     const N: u64 = 300;
@@ -68,14 +49,18 @@ fn small_files_cost_one_request_each() {
     // directory's (empty) listing, so no lookup lists.
     m.reset_stats();
     m.sh(&format!("cd $M/d && seq {N} | xargs touch"), 300);
-    wait_for_put_blobs(&m, N);
-    assert_eq!(ops(&m), want(&[("PutBlob", N)]), "xargs touch");
+    // One Put Blob per file, no listing. Now and then (seen once in 300) a
+    // file's times reach the mount after its close stored it, and are then
+    // stored with one Set Blob Metadata: allowed, but not per file.
+    let mut got = ops(&m);
+    got.retain(|(op, n)| !(op == "SetBlobMetadata" && *n <= 3));
+    assert_eq!(got, want(&[("PutBlob", N)]), "xargs touch: {:?}", ops(&m));
 
-    // `echo x > f`: bash flushes once before writing (open, dup2, close);
-    // that flush stores nothing.
+    // `echo x > f`: bash closes once before writing (open, dup2, close), and
+    // every close stores what it was told exists: the empty file, then x.
     m.reset_stats();
     m.sh("cd $M/d && echo x > echoed", 30);
-    assert_eq!(ops(&m), want(&[("PutBlob", 1)]), "echo x > f");
+    assert_eq!(ops(&m), want(&[("PutBlob", 2)]), "echo x > f");
 
     // `cp -r` of N 4-KiB files into a new directory: the lookup of the new
     // directory's name lists once, the marker and each file are one Put Blob.

@@ -629,40 +629,21 @@ impl Fs {
     }
 
     /// close() of one descriptor: commit what this file has pending, so that
-    /// close returns 0 only when the data is committed.
-    ///
-    /// Except a file created here, never committed and still empty: its
-    /// flush stores nothing, and RELEASE (or the flush after its first write)
-    /// commits it. Shells flush before they write — `echo x > f` opens,
-    /// dup2()s and closes the first descriptor — so committing the empty file
-    /// there would cost a second Put Blob for every such file; `touch` gets
-    /// its one Put Blob at RELEASE. Nothing is lost: RELEASE always commits
-    /// what is pending.
+    /// close returns 0 only when the data is committed — a new empty file
+    /// (`touch`) included: its existence is what the caller was told. A shell's
+    /// `echo x > f` therefore stores twice (its first close, after dup2, comes
+    /// before the write); the kernel cannot tell that close from the last one.
     pub async fn flush(&self, ino: u64, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         if !h.writable {
             return Ok(());
         }
         let node = self.node(ino)?;
-        if node.snapshot().etag.is_none() {
-            let w = node.write.lock().await;
-            if w.as_ref().is_some_and(|ws| {
-                ws.size() == 0 && ws.base_etag().is_none() && ws.failed().is_none()
-            }) {
-                return Ok(());
-            }
-        }
         self.commit_inode(&node).await
     }
 
-    /// fsync commits whatever is pending, the empty new file included.
     pub async fn fsync(&self, ino: u64, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        if !h.writable {
-            return Ok(());
-        }
-        let node = self.node(ino)?;
-        self.commit_inode(&node).await
+        self.flush(ino, fh).await
     }
 
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
@@ -993,15 +974,15 @@ mod tests {
         fs.release(e.ino, b).await.unwrap();
     }
 
-    /// `touch t && rm t`: the kernel sends RELEASE, which stores the empty
-    /// new file, after close() returned, so the UNLINK may arrive while that
-    /// commit is in flight. The unlink waits for it and deletes what it
-    /// stored: no blob outlives the name.
+    /// RELEASE commits what no flush did (writes after the last close of a
+    /// dup, or through a mapping) asynchronously, after close() returned, so
+    /// an UNLINK may arrive while that commit is in flight. The unlink waits
+    /// for it and deletes what it stored: no blob outlives the name.
     #[tokio::test(flavor = "current_thread")]
     async fn unlink_waits_for_the_commit_of_a_release() {
         let (_emu, fs) = fs_on_emulator().await;
         let (e, a) = fs.create(1, "touched-then-rm", 0o644, 0, 0).await.unwrap();
-        fs.flush(e.ino, a).await.unwrap();
+        fs.write(e.ino, a, 0, b"pending").await.unwrap();
 
         let (reached, resume) = pause::arm_on("commit: sending", "touched-then-rm");
         let release = tokio::spawn({

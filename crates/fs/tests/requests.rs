@@ -133,8 +133,8 @@ async fn touch(fs: &cpkfs_fs::Fs, dir: u64, name: &str) {
 
 /// A create must not list: in a directory made by this mount, whose empty
 /// listing it holds, each `touch` of a new name costs exactly one Put Blob
-/// (CPK) — the lookup miss is answered from memory, the flush of the empty
-/// file stores nothing and RELEASE stores it once. Then `rm -r` of it costs
+/// (CPK) — the lookup miss is answered from memory, the close stores the
+/// empty file once and RELEASE sends nothing. Then `rm -r` of it costs
 /// one Delete Blob per file, one listing for readdir and one for rmdir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_in_a_new_directory_make_one_put_blob_each() {
@@ -265,10 +265,11 @@ async fn a_lookup_the_mount_cannot_answer_is_one_listing() {
 }
 
 /// `echo x > new`: the shell's first close (after dup2) flushes before the
-/// write. That flush stores nothing; the last one stores the file once; a
-/// flush with nothing new since the last commit sends nothing.
+/// write, and stores the empty file (close() returning 0 means it exists);
+/// the last one stores the data; a flush or release with nothing new since
+/// the last commit sends nothing. fsync of a new empty file stores it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flush_before_the_first_write_stores_nothing() {
+async fn flushes_store_once_per_change() {
     let emu = emulator().await;
     let stats = Stats::new(&emu);
     let client = client(&emu).await;
@@ -281,16 +282,24 @@ async fn a_flush_before_the_first_write_stores_nothing() {
         .unwrap();
     fs.flush(e.ino, fh).await.unwrap();
     let s = stats.requests().await;
-    assert_eq!(s["total_requests"], 0, "flush of the empty new file: {s}");
+    assert_eq!(
+        ops(&s),
+        want(&[("PutBlob", 1)]),
+        "close of the empty new file: {s}"
+    );
+    assert!(
+        mount(&client).lookup(1, "new").await.is_ok(),
+        "not stored at close"
+    );
+    stats.reset().await;
     fs.write(e.ino, fh, 0, b"x\n").await.unwrap();
     fs.flush(e.ino, fh).await.unwrap();
     fs.flush(e.ino, fh).await.unwrap();
     fs.release(e.ino, fh).await.unwrap();
     let s = stats.requests().await;
-    assert_eq!(ops(&s), want(&[("PutBlob", 1)]), "{s}");
+    assert_eq!(ops(&s), want(&[("PutBlob", 1)]), "the data, once: {s}");
     assert_eq!(read_all(&mount(&client), "new").await, b"x\n");
 
-    // fsync stores even the empty new file, at once.
     stats.reset().await;
     let (e, fh) = fs
         .create(1, "synced", libc::S_IFREG | 0o644, 0, 0)
