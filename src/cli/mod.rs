@@ -77,6 +77,12 @@ pub struct MountArgs {
     /// Block cache size [default: 256M].
     #[arg(long)]
     pub cache_size: Option<String>,
+    /// Directory of the encrypted disk cache (blocks evicted from memory, sealed under a key that dies with the mount) [default: off].
+    #[arg(long, value_name = "DIR")]
+    pub disk_cache_dir: Option<String>,
+    /// Bytes the disk cache may hold [default: 4G].
+    #[arg(long)]
+    pub disk_cache_size: Option<String>,
     /// Seconds attributes and listings are trusted [default: 3].
     #[arg(long)]
     pub attr_ttl: Option<String>,
@@ -154,7 +160,7 @@ impl MountArgs {
         if self.sas_token.is_some() {
             s.set("sas_token", "")?;
         }
-        let pairs: [(&str, &Option<String>); 17] = [
+        let pairs: [(&str, &Option<String>); 19] = [
             ("endpoint", &self.endpoint),
             ("account", &self.account),
             ("container", &self.container),
@@ -165,6 +171,8 @@ impl MountArgs {
             ("ca_file", &self.ca_file),
             ("block_size", &self.block_size),
             ("cache_size", &self.cache_size),
+            ("disk_cache_dir", &self.disk_cache_dir),
+            ("disk_cache_size", &self.disk_cache_size),
             ("attr_ttl", &self.attr_ttl),
             ("log_level", &self.log_level),
             ("log_file", &self.log_file),

@@ -51,6 +51,9 @@ pub struct Settings {
     pub ca_file: Option<PathBuf>,
     pub block_size: Option<Size>,
     pub cache_size: Option<Size>,
+    /// The encrypted disk tier's directory (off when unset).
+    pub disk_cache_dir: Option<PathBuf>,
+    pub disk_cache_size: Option<Size>,
     pub attr_ttl: Option<f64>,
     pub log_level: Option<String>,
     pub log_file: Option<PathBuf>,
@@ -88,6 +91,8 @@ pub const NAMES: &[&str] = &[
     "ca_file",
     "block_size",
     "cache_size",
+    "disk_cache_dir",
+    "disk_cache_size",
     "attr_ttl",
     "log_level",
     "log_file",
@@ -189,6 +194,8 @@ impl Settings {
             "ca_file" => self.ca_file = Some(v.into()),
             "block_size" => self.block_size = Some(Size::Bytes(parse_size(&v)?)),
             "cache_size" => self.cache_size = Some(Size::Bytes(parse_size(&v)?)),
+            "disk_cache_dir" => self.disk_cache_dir = Some(v.into()),
+            "disk_cache_size" => self.disk_cache_size = Some(Size::Bytes(parse_size(&v)?)),
             "attr_ttl" => {
                 self.attr_ttl = Some(
                     v.parse()
@@ -298,6 +305,8 @@ impl Settings {
             ca_file,
             block_size,
             cache_size,
+            disk_cache_dir,
+            disk_cache_size,
             attr_ttl,
             log_level,
             log_file,
@@ -352,6 +361,30 @@ mod tests {
         assert_eq!(s.block_size.unwrap().bytes().unwrap(), 4 << 20);
         assert_eq!(s.cache_size.unwrap().bytes().unwrap(), 1024);
         assert_eq!(s.read_only, Some(false));
+        assert_eq!(s.disk_cache_dir, None, "the disk tier is off by default");
+    }
+
+    #[test]
+    fn disk_cache_settings_from_every_source() {
+        let file = Settings::from_toml(
+            "disk_cache_dir = \"/var/cache/cpkfs\"\ndisk_cache_size = \"4G\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(file.disk_cache_dir, Some(PathBuf::from("/var/cache/cpkfs")));
+        assert_eq!(
+            file.disk_cache_size.clone().unwrap().bytes().unwrap(),
+            4 << 30
+        );
+        let env =
+            Settings::from_env(&|k| (k == "CPKFS_DISK_CACHE_SIZE").then(|| "512M".to_string()))
+                .unwrap();
+        let mut opts = Settings::default();
+        opts.apply_o("disk_cache_dir=/tmp/dc").unwrap();
+        let s = file.overlay(env).overlay(opts);
+        assert_eq!(s.disk_cache_dir, Some(PathBuf::from("/tmp/dc")));
+        assert_eq!(s.disk_cache_size.unwrap().bytes().unwrap(), 512 << 20);
+        assert!(Settings::default().set("disk_cache_size", "lots").is_err());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The block cache: an LRU of fixed-size blocks bounded in bytes, keyed by
-//! (blob name, ETag, block index) so bytes of two versions never mix.
-//! Concurrent requests for the same block share one fetch.
+//! (blob name, ETag, block index, key hash) so bytes of two versions never
+//! mix. Concurrent requests for the same block share one fetch. With a disk
+//! tier (`disk_cache.rs`), blocks evicted from memory are sealed to disk and
+//! a memory miss looks there before the network.
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -8,11 +10,17 @@ use lru::LruCache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::disk_cache::{DiskCache, DiskCacheStats};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
     pub name: Arc<str>,
     pub etag: Arc<str>,
     pub index: u64,
+    /// SHA-256 (base64) of the customer-provided key the blob is under, as
+    /// the service reports it; None for a plain blob. Taken from a key the
+    /// mount's ring holds (`Fs::key_for`), so it names a key this mount has.
+    pub cpk_sha256: Option<Arc<str>>,
 }
 
 pub type FetchResult = Result<Bytes, Arc<super::error::FsError>>;
@@ -27,6 +35,7 @@ struct Inner {
 pub struct BlockCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    disk: Option<Arc<DiskCache>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +46,11 @@ pub struct CacheStats {
 
 impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Self {
+        Self::with_disk(capacity_bytes, None)
+    }
+
+    /// A memory LRU of `capacity_bytes` over an optional disk tier.
+    pub fn with_disk(capacity_bytes: usize, disk: Option<Arc<DiskCache>>) -> Self {
         BlockCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
@@ -44,7 +58,23 @@ impl BlockCache {
                 inflight: HashMap::new(),
             }),
             capacity: capacity_bytes,
+            disk,
         }
+    }
+
+    /// The disk tier, if this mount has one.
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// The disk tier's counters (None: no disk tier configured).
+    pub fn disk_stats(&self) -> Option<DiskCacheStats> {
+        self.disk.as_ref().map(|d| d.stats())
+    }
+
+    /// Whether the disk tier holds `key` (a read of it costs no request).
+    pub fn on_disk(&self, key: &BlockKey) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.holds(key))
     }
 
     pub fn capacity(&self) -> usize {
@@ -62,18 +92,33 @@ impl BlockCache {
 
     pub fn insert(&self, key: BlockKey, data: Bytes) {
         if data.len() > self.capacity {
+            if let Some(d) = &self.disk {
+                d.spill(key, data);
+            }
             return;
         }
-        let mut g = self.inner.lock().unwrap();
-        let len = data.len();
-        if let Some(old) = g.lru.put(key, data) {
-            g.bytes -= old.len();
+        let mut evicted = Vec::new();
+        {
+            let mut g = self.inner.lock().unwrap();
+            let len = data.len();
+            if let Some(old) = g.lru.put(key, data) {
+                g.bytes -= old.len();
+            }
+            g.bytes += len;
+            while g.bytes > self.capacity {
+                match g.lru.pop_lru() {
+                    Some(kv) => {
+                        g.bytes -= kv.1.len();
+                        evicted.push(kv);
+                    }
+                    None => break,
+                }
+            }
         }
-        g.bytes += len;
-        while g.bytes > self.capacity {
-            match g.lru.pop_lru() {
-                Some((_, v)) => g.bytes -= v.len(),
-                None => break,
+        // Outside the lock: spilling only queues the write.
+        if let Some(d) = &self.disk {
+            for (k, v) in evicted {
+                d.spill(k, v);
             }
         }
     }
@@ -107,7 +152,23 @@ impl BlockCache {
             match g.inflight.get(&key) {
                 Some(f) => f.clone(),
                 None => {
-                    let f = fetch().shared();
+                    let net = fetch();
+                    let f = match self.disk.clone() {
+                        // The disk tier first; the network only if it
+                        // does not hold the block (or it fails to open).
+                        Some(disk) => {
+                            let k = key.clone();
+                            async move {
+                                match disk.get(&k).await {
+                                    Some(b) => Ok(b),
+                                    None => net.await,
+                                }
+                            }
+                            .boxed()
+                        }
+                        None => net,
+                    }
+                    .shared();
                     g.inflight.insert(key.clone(), f.clone());
                     f
                 }
@@ -145,6 +206,7 @@ mod tests {
             name: "f".into(),
             etag: "\"e\"".into(),
             index: i,
+            cpk_sha256: None,
         }
     }
 

@@ -268,11 +268,13 @@ impl Fs {
         }
     }
 
-    fn block_key(&self, path: &str, etag: &str, index: u64) -> BlockKey {
+    /// `cpk` is the key the handle reads with, which came from the ring.
+    fn block_key(&self, path: &str, etag: &str, index: u64, cpk: Option<&CustomerKey>) -> BlockKey {
         BlockKey {
             name: path.into(),
             etag: etag.into(),
             index,
+            cpk_sha256: cpk.map(|k| k.sha256().into()),
         }
     }
 
@@ -340,11 +342,17 @@ impl Fs {
             r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e))
         };
         if window == 0 && first == last {
-            // A random read: serve from the cache if the block is there,
+            // A random read: serve from the cache if the block is there
+            // (in memory, or on disk: a local read beats a round trip),
             // otherwise fetch just the bytes asked for.
-            let key = self.block_key(path, etag, first);
+            let key = self.block_key(path, etag, first, cpk.as_deref());
+            let s = (offset - first * b) as usize;
             if let Some(block) = self.cache.get(&key) {
-                let s = (offset - first * b) as usize;
+                return Ok(block.slice(s..s + (end - offset) as usize));
+            }
+            if self.cache.on_disk(&key) {
+                let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
+                let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
                 return Ok(block.slice(s..s + (end - offset) as usize));
             }
             let (bytes, _) = self
@@ -368,7 +376,7 @@ impl Fs {
         // Read-ahead: start fetching the next blocks without waiting.
         let nblocks = fsize.div_ceil(b);
         for i in last + 1..=(last + window).min(nblocks.saturating_sub(1)) {
-            let key = self.block_key(path, etag, i);
+            let key = self.block_key(path, etag, i, cpk.as_deref());
             if !self.cache.contains(&key) {
                 let cache = self.cache.clone();
                 let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
@@ -379,7 +387,7 @@ impl Fs {
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for i in first..=last {
-            let key = self.block_key(path, etag, i);
+            let key = self.block_key(path, etag, i, cpk.as_deref());
             let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
             let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
             let bs = i * b;
