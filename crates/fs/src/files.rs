@@ -344,13 +344,17 @@ impl Fs {
         if window == 0 && first == last {
             // A random read: serve from the cache if the block is there
             // (in memory, or on disk: a local read beats a round trip),
-            // otherwise fetch just the bytes asked for.
+            // otherwise fetch just the bytes asked for (without a disk tier).
             let key = self.block_key(path, etag, first, cpk.as_deref());
             let s = (offset - first * b) as usize;
             if let Some(block) = self.cache.get(&key) {
                 return Ok(block.slice(s..s + (end - offset) as usize));
             }
-            if self.cache.on_disk(&key) {
+            // With a disk tier, a missed block is fetched whole and cached
+            // (memory, then disk when evicted): reads that arrive out of
+            // order (several FUSE threads) would otherwise fetch ranges that
+            // are never cached, and a second pass would fetch them again.
+            if self.cache.on_disk(&key) || self.cache.disk().is_some_and(|d| d.is_enabled()) {
                 let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
                 let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
                 return Ok(block.slice(s..s + (end - offset) as usize));

@@ -156,6 +156,33 @@ async fn second_read_of_data_larger_than_memory_makes_no_get_and_disk_holds_no_p
     }
 }
 
+/// Reads out of order (as several FUSE threads deliver them) take the
+/// random-read path; with a disk tier they fetch whole blocks, so the
+/// second pass still makes no GetBlob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_reads_are_cached_too() {
+    let data = unique_data(BLOCKS * BLOCK as usize, 9);
+    let (_emu, stats, client) = setup(&data).await;
+    let cache = tempfile::tempdir().unwrap();
+    let fs = mount_with_disk(&client, cache.path(), Duration::from_secs(600));
+    let e = fs.lookup(1, "dataset.bin").await.unwrap();
+    let chunk = 1024u64;
+    for pass in 0..2 {
+        stats.reset().await;
+        let fh = fs.open(e.ino, false, false).await.unwrap();
+        // Backwards, 1 KiB at a time: never sequential.
+        for i in (0..data.len() as u64 / chunk).rev() {
+            let b = fs.read(e.ino, fh, i * chunk, chunk as u32).await.unwrap();
+            let at = (i * chunk) as usize;
+            assert_eq!(&b[..], &data[at..at + chunk as usize]);
+        }
+        fs.release(e.ino, fh).await.unwrap();
+        let s = stats.requests().await;
+        let expected = if pass == 0 { BLOCKS as u64 } else { 0 };
+        assert_eq!(get_blobs(&s), expected, "pass {pass}: {s}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_block_is_detected_and_fetched_again() {
     let data = unique_data(BLOCKS * BLOCK as usize, 2);
