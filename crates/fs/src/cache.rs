@@ -181,6 +181,9 @@ impl BlockCache {
         }
         if let Ok(b) = &res {
             if self.get(&key).is_none() {
+                if let Some(d) = &self.disk {
+                    d.wait_for_room(b.len()).await;
+                }
                 self.insert(key, b.clone());
             }
         }

