@@ -18,6 +18,11 @@ use std::time::{Duration, SystemTime};
 
 /// The extended attribute that shows a file's key hash.
 pub const XATTR_KEY_SHA256: &str = "user.cpkfs.key_sha256";
+/// The virtual extended attribute of the mount's root that holds the mount's
+/// live counters as JSON (`cpkfs stats` reads it; docs/SEMANTICS.md says why
+/// an attribute rather than a socket). Not listed by listxattr, so tools that
+/// copy attributes (`cp -a`, `rsync -X`) never copy it.
+pub const XATTR_STATS: &str = "user.cpkfs.stats";
 
 pub struct FuseAdapter {
     fs: Arc<Fs>,
@@ -32,30 +37,58 @@ impl FuseAdapter {
     }
 
     /// Run `work` on the runtime and answer with an empty reply or its errno.
-    fn reply_empty<F>(&self, op: &'static str, reply: ReplyEmpty, work: F)
+    fn reply_empty<F>(&self, op: &'static str, at: At, reply: ReplyEmpty, work: F)
     where
         F: std::future::Future<Output = Result<(), FsError>> + Send + 'static,
     {
+        let fs = self.fs.clone();
         self.rt.spawn(async move {
             match work.await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(op, &e)),
+                Err(e) => reply.error(errno(&fs, op, at, &e)),
             }
         });
     }
 
     /// Run `work` on the runtime and answer with the entry or its errno.
-    fn reply_entry<F>(&self, op: &'static str, reply: ReplyEntry, work: F)
+    fn reply_entry<F>(&self, op: &'static str, at: At, reply: ReplyEntry, work: F)
     where
         F: std::future::Future<Output = Result<crate::fs::Entry, FsError>> + Send + 'static,
     {
-        let ttl = self.ttl;
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match work.await {
                 Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
-                Err(e) => reply.error(errno(op, &e)),
+                Err(e) => reply.error(errno(&fs, op, at, &e)),
             }
         });
+    }
+
+    /// Count one call of `op` (the counters `cpkfs stats` shows).
+    fn count(&self, op: &'static str) {
+        self.fs.stats().count_op(op);
+    }
+}
+
+/// What a failed operation was about: an inode, or a name in a directory.
+/// Resolved to a path only when the error is worth listing.
+enum At {
+    Ino(u64),
+    Entry(u64, String),
+}
+
+impl At {
+    fn path(&self, fs: &Fs) -> Option<String> {
+        match self {
+            At::Ino(i) => fs.path_for(*i),
+            At::Entry(p, n) => fs.path_for(*p).map(|d| {
+                if d.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{d}/{n}")
+                }
+            }),
+        }
     }
 }
 
@@ -92,13 +125,18 @@ fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     }
 }
 
-/// Log a failed operation once, with its cause, and turn it into an errno.
-fn errno(op: &str, e: &FsError) -> Errno {
-    if e.is_quiet() {
+/// Log a failed operation once, with its cause, count it for `cpkfs stats`
+/// and turn it into an errno.
+fn errno(fs: &Fs, op: &str, at: At, e: &FsError) -> Errno {
+    let path = if e.is_quiet() {
         tracing::debug!(op, error = %e, "operation failed");
+        None
     } else {
         tracing::warn!(op, error = %e, "operation failed");
-    }
+        at.path(fs)
+    };
+    fs.stats()
+        .record_error(op, path.as_deref(), fs.client().container(), e);
     Errno::from_i32(e.errno())
 }
 
@@ -137,21 +175,22 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.count("lookup");
         let name = name_or_reply!(name, reply);
         let fs = self.fs.clone();
-        self.reply_entry(
-            "lookup",
-            reply,
-            async move { fs.lookup(parent.0, &name).await },
-        );
+        let at = At::Entry(parent.0, name.clone());
+        self.reply_entry("lookup", at, reply, async move {
+            fs.lookup(parent.0, &name).await
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.count("getattr");
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
                 Ok(e) => reply.attr(&ttl, &file_attr(e.ino, &e.attr)),
-                Err(e) => reply.error(errno("getattr", &e)),
+                Err(e) => reply.error(errno(&fs, "getattr", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -174,6 +213,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.count("setattr");
         let set = SetAttr {
             mode,
             uid,
@@ -186,17 +226,18 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match fs.setattr(ino.0, set).await {
                 Ok(e) => reply.attr(&ttl, &file_attr(e.ino, &e.attr)),
-                Err(e) => reply.error(errno("setattr", &e)),
+                Err(e) => reply.error(errno(&fs, "setattr", At::Ino(ino.0), &e)),
             }
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.count("readlink");
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.readlink(ino.0).await {
                 Ok(b) => reply.data(&b),
-                Err(e) => reply.error(errno("readlink", &e)),
+                Err(e) => reply.error(errno(&fs, "readlink", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -211,13 +252,15 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.count("mknod");
         let name = name_or_reply!(name, reply);
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         let (uid, gid) = (req.uid(), req.gid());
+        let at = At::Entry(parent.0, name.clone());
         match Kind::from_mode(mode) {
             Some(Kind::File) => {}
             Some(kind) if kind.is_special() => {
-                return self.reply_entry("mknod", reply, async move {
+                return self.reply_entry("mknod", at, reply, async move {
                     fs.mknod(parent.0, &name, kind, mode & !umask, rdev, uid, gid)
                         .await
                 });
@@ -233,7 +276,7 @@ impl Filesystem for FuseAdapter {
             .await;
             match res {
                 Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
-                Err(e) => reply.error(errno("mknod", &e)),
+                Err(e) => reply.error(errno(&fs, "mknod", at, &e)),
             }
         });
     }
@@ -247,29 +290,35 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.count("mkdir");
         let name = name_or_reply!(name, reply);
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        self.reply_entry("mkdir", reply, async move {
+        let at = At::Entry(parent.0, name.clone());
+        self.reply_entry("mkdir", at, reply, async move {
             fs.mkdir(parent.0, &name, mode & !umask, uid, gid).await
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count("unlink");
         let name = name_or_reply!(name, reply);
         let fs = self.fs.clone();
         self.reply_empty(
             "unlink",
+            At::Entry(parent.0, name.clone()),
             reply,
             async move { fs.unlink(parent.0, &name).await },
         );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.count("rmdir");
         let name = name_or_reply!(name, reply);
         let fs = self.fs.clone();
         self.reply_empty(
             "rmdir",
+            At::Entry(parent.0, name.clone()),
             reply,
             async move { fs.rmdir(parent.0, &name).await },
         );
@@ -283,13 +332,15 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.count("symlink");
         let name = name_or_reply!(link_name, reply);
         let Some(target) = target.to_str().map(str::to_string) else {
             return reply.error(Errno::EINVAL);
         };
         let fs = self.fs.clone();
         let (uid, gid) = (req.uid(), req.gid());
-        self.reply_entry("symlink", reply, async move {
+        let at = At::Entry(parent.0, name.clone());
+        self.reply_entry("symlink", at, reply, async move {
             fs.symlink(parent.0, &name, &target, uid, gid).await
         });
     }
@@ -304,6 +355,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.count("rename");
         let name = name_or_reply!(name, reply);
         let newname = name_or_reply!(newname, reply);
         if flags.intersects(!RenameFlags::RENAME_NOREPLACE) {
@@ -312,13 +364,14 @@ impl Filesystem for FuseAdapter {
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let fs = self.fs.clone();
+        let at = At::Entry(parent.0, name.clone());
         self.rt.spawn(async move {
             match fs
                 .rename(parent.0, &name, newparent.0, &newname, noreplace)
                 .await
             {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("rename", &e)),
+                Err(e) => reply.error(errno(&fs, "rename", at, &e)),
             }
         });
     }
@@ -332,10 +385,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         // Blob storage has no hard links.
+        self.count("link");
         reply.error(Errno::EPERM);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.count("open");
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = flags.0 & libc::O_TRUNC != 0;
@@ -343,7 +398,7 @@ impl Filesystem for FuseAdapter {
         self.rt.spawn(async move {
             match fs.open(ino.0, write, trunc).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("open", &e)),
+                Err(e) => reply.error(errno(&fs, "open", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -359,11 +414,15 @@ impl Filesystem for FuseAdapter {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.count("read");
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.read(ino.0, fh.0, offset, size).await {
-                Ok(b) => reply.data(&b),
-                Err(e) => reply.error(errno("read", &e)),
+                Ok(b) => {
+                    fs.stats().add_read(b.len() as u64);
+                    reply.data(&b)
+                }
+                Err(e) => reply.error(errno(&fs, "read", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -382,15 +441,20 @@ impl Filesystem for FuseAdapter {
     ) {
         // Appending into a block buffer with room needs no I/O: do it here,
         // from the kernel's buffer, saving a copy and a task per write.
+        self.count("write");
         if let Some(n) = self.fs.try_write_now(ino.0, fh.0, offset, data) {
+            self.fs.stats().add_written(n as u64);
             return reply.written(n);
         }
         let fs = self.fs.clone();
         let data = data.to_vec();
         self.rt.spawn(async move {
             match fs.write(ino.0, fh.0, offset, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno("write", &e)),
+                Ok(n) => {
+                    fs.stats().add_written(n as u64);
+                    reply.written(n)
+                }
+                Err(e) => reply.error(errno(&fs, "write", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -403,8 +467,11 @@ impl Filesystem for FuseAdapter {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.count("flush");
         let fs = self.fs.clone();
-        self.reply_empty("flush", reply, async move { fs.flush(ino.0, fh.0).await });
+        self.reply_empty("flush", At::Ino(ino.0), reply, async move {
+            fs.flush(ino.0, fh.0).await
+        });
     }
 
     fn release(
@@ -417,12 +484,11 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.count("release");
         let fs = self.fs.clone();
-        self.reply_empty(
-            "release",
-            reply,
-            async move { fs.release(ino.0, fh.0).await },
-        );
+        self.reply_empty("release", At::Ino(ino.0), reply, async move {
+            fs.release(ino.0, fh.0).await
+        });
     }
 
     fn fsync(
@@ -433,8 +499,11 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.count("fsync");
         let fs = self.fs.clone();
-        self.reply_empty("fsync", reply, async move { fs.fsync(ino.0, fh.0).await });
+        self.reply_empty("fsync", At::Ino(ino.0), reply, async move {
+            fs.fsync(ino.0, fh.0).await
+        });
     }
 
     fn fallocate(
@@ -447,8 +516,9 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.count("fallocate");
         let fs = self.fs.clone();
-        self.reply_empty("fallocate", reply, async move {
+        self.reply_empty("fallocate", At::Ino(ino.0), reply, async move {
             fs.fallocate(ino.0, fh.0, offset, length, mode).await
         });
     }
@@ -467,6 +537,7 @@ impl Filesystem for FuseAdapter {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.count("copy_file_range");
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs
@@ -475,16 +546,20 @@ impl Filesystem for FuseAdapter {
                 )
                 .await
             {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno("copy_file_range", &e)),
+                Ok(n) => {
+                    fs.stats().add_written(n as u64);
+                    reply.written(n)
+                }
+                Err(e) => reply.error(errno(&fs, "copy_file_range", At::Ino(ino_out.0), &e)),
             }
         });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.count("opendir");
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("opendir", &e)),
+            Err(e) => reply.error(errno(&self.fs, "opendir", At::Ino(ino.0), &e)),
         }
     }
 
@@ -496,6 +571,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.count("readdir");
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset).await {
@@ -508,7 +584,7 @@ impl Filesystem for FuseAdapter {
                     }
                     reply.ok()
                 }
-                Err(e) => reply.error(errno("readdir", &e)),
+                Err(e) => reply.error(errno(&fs, "readdir", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -521,6 +597,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.count("readdirplus");
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset).await {
@@ -539,7 +616,7 @@ impl Filesystem for FuseAdapter {
                     }
                     reply.ok()
                 }
-                Err(e) => reply.error(errno("readdirplus", &e)),
+                Err(e) => reply.error(errno(&fs, "readdirplus", At::Ino(ino.0), &e)),
             }
         });
     }
@@ -552,6 +629,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.count("releasedir");
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -565,10 +643,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // Directory operations are committed when they return.
+        self.count("fsyncdir");
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.count("statfs");
         let s = self.fs.statfs();
         reply.statfs(
             s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -576,24 +656,33 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if name != XATTR_KEY_SHA256 {
+        self.count("getxattr");
+        let value = if name == XATTR_STATS && ino.0 == crate::fs::inode::ROOT_INO {
+            // Built from counters and in-memory state only: no request.
+            match serde_json::to_vec(&self.fs.stats_snapshot()) {
+                Ok(v) => v,
+                Err(_) => return reply.error(Errno::EIO),
+            }
+        } else if name == XATTR_KEY_SHA256 {
+            match self.fs.key_sha256_of(ino.0) {
+                Ok(Some(h)) => h.into_bytes(),
+                Ok(None) => b"none (not encrypted with a customer-provided key)".to_vec(),
+                Err(e) => return reply.error(errno(&self.fs, "getxattr", At::Ino(ino.0), &e)),
+            }
+        } else {
             return reply.error(Errno::from_i32(libc::ENODATA));
-        }
-        let value = match self.fs.key_sha256_of(ino.0) {
-            Ok(Some(h)) => h,
-            Ok(None) => "none (not encrypted with a customer-provided key)".to_string(),
-            Err(e) => return reply.error(errno("getxattr", &e)),
         };
         if size == 0 {
             reply.size(value.len() as u32);
         } else if (size as usize) < value.len() {
             reply.error(Errno::from_i32(libc::ERANGE));
         } else {
-            reply.data(value.as_bytes());
+            reply.data(&value);
         }
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.count("listxattr");
         let data = format!("{XATTR_KEY_SHA256}\0");
         if size == 0 {
             reply.size(data.len() as u32);
@@ -614,15 +703,18 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.count("setxattr");
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.count("removexattr");
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // Permission checks are the kernel's (mounted with default_permissions).
+        self.count("access");
         reply.ok();
     }
 
@@ -636,9 +728,11 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.count("create");
         let name = name_or_reply!(name, reply);
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         let (uid, gid) = (req.uid(), req.gid());
+        let at = At::Entry(parent.0, name.clone());
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask, uid, gid).await {
                 Ok((e, fh)) => reply.created(
@@ -648,7 +742,7 @@ impl Filesystem for FuseAdapter {
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),
-                Err(e) => reply.error(errno("create", &e)),
+                Err(e) => reply.error(errno(&fs, "create", at, &e)),
             }
         });
     }

@@ -383,3 +383,57 @@ async fn wrong_key_and_sas_against_azurite() {
     let page = sas.list_blobs(&ListOptions::default()).await.unwrap();
     assert_eq!(page.blobs.len(), 1);
 }
+
+/// The fallback's detection against a service that lacks server-side copies of
+/// CPK blobs: Azurite (over HTTPS, so the client sends keys at all) answers a
+/// Put Blob From URL / Put Block From URL with a source key (service version
+/// 2026-02-06) with an error the client classes as "source keys unsupported",
+/// which makes the mount stream instead (tests/mount_emulator.rs covers the
+/// streaming itself against `--no-source-cpk`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_key_copies_are_recognised_as_unsupported_by_azurite() {
+    let az = azurite::Azurite::start_https();
+    let container = unique("azurl");
+    let mut cfg = ClientConfig::new(&az.url, DEV_ACCOUNT, &container, dev_credential());
+    cfg.retry = fast_retry();
+    cfg.ca_pem = Some(az.ca_pem());
+    let c = BlobClient::new(cfg).unwrap();
+    c.create_container().await.unwrap();
+    c.put_blob(
+        "src",
+        Bytes::from_static(b"plain"),
+        &CommitOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let key = CustomerKey::from_raw([7; 32]);
+    let source = CopySource {
+        name: "src",
+        key: Some(&key),
+        if_match: None,
+    };
+    let e = c
+        .put_blob_from_url("dst", &source, &CommitOptions::default(), Some(&key))
+        .await
+        .unwrap_err();
+    assert!(e.is_source_cpk_unsupported(), "not recognised: {e}");
+    let e = c
+        .put_block_from_url(
+            "dst",
+            &BlockIdGen::new().id(0),
+            &source,
+            ByteRange::new(0, 5),
+            Some(&key),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_source_cpk_unsupported(), "not recognised: {e}");
+    eprintln!("Azurite's answer: {e}");
+    // Nothing was written under the new name.
+    let e = c
+        .get_blob_properties("dst", None, &Conditions::default())
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+}

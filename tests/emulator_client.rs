@@ -1047,3 +1047,94 @@ async fn sas_wrong_key_failover_and_rotation() {
         "AuthenticationFailed",
     );
 }
+
+/// A server-side copy in ranges (`copy_from_url_in_ranges`, small ranges so a
+/// small blob takes the large-blob path): re-keyed from key A to key B by
+/// Put Block From URL per range (at most four at once) + Put Block List, no
+/// blob bytes through the client, the service's CRC-64 of every range
+/// returned in order and matching the data; a source replaced after its HEAD
+/// fails the copy (412) and commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_url_in_ranges_rekeys_and_reports_each_range() {
+    let emu = Emu::start().await;
+    let c = emu.new_container("ranges").await;
+    let a = random_key();
+    let b = random_key();
+    let data = pattern(3 * 1024 * 1024 + 500_000, 4);
+    c.put_blob(
+        "src",
+        Bytes::from(data.clone()),
+        &CommitOptions::default(),
+        Some(&a),
+    )
+    .await
+    .unwrap();
+    let p = c
+        .get_blob_properties("src", Some(&a), &none())
+        .await
+        .unwrap();
+    let source = CopySource {
+        name: "src",
+        key: Some(&a),
+        if_match: Some(&p.etag),
+    };
+    emu.reset_stats().await;
+    let copy = c
+        .copy_from_url_in_ranges(
+            "dst",
+            &source,
+            p.content_length,
+            &CommitOptions::default(),
+            Some(&b),
+            1024 * 1024,
+        )
+        .await
+        .unwrap();
+    assert_eq!(emu.count("PutBlockFromUrl").await, 4);
+    assert_eq!(emu.count("PutBlockList").await, 1);
+    let st = emu.stats().await;
+    assert!(st["bytes_in"].as_u64().unwrap() < 16 * 1024, "{st}");
+    assert_eq!(copy.write.cpk_sha256.as_deref(), Some(b.sha256()));
+    let ends: Vec<u64> = copy.crcs.iter().map(|(e, _)| *e).collect();
+    assert_eq!(ends, [1 << 20, 2 << 20, 3 << 20, data.len() as u64]);
+    let mut start = 0;
+    for (end, crc) in &copy.crcs {
+        assert_eq!(
+            *crc,
+            cpkfs::blob::crc64::crc64(&data[start as usize..*end as usize]),
+            "CRC of the range ending at {end}"
+        );
+        start = *end;
+    }
+    let got = drain(c.get_blob("dst", None, Some(&b), &none()).await.unwrap())
+        .await
+        .unwrap();
+    assert!(got == data, "copied bytes differ");
+
+    // The source replaced after its HEAD: 412, and nothing new under "dst2".
+    c.put_blob(
+        "src",
+        Bytes::from_static(b"v2"),
+        &CommitOptions::default(),
+        Some(&a),
+    )
+    .await
+    .unwrap();
+    let e = c
+        .copy_from_url_in_ranges(
+            "dst2",
+            &source,
+            p.content_length,
+            &CommitOptions::default(),
+            Some(&b),
+            1024 * 1024,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(412), "{e}");
+    let e = c
+        .get_blob_properties("dst2", Some(&b), &none())
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+}

@@ -973,6 +973,19 @@ async fn persistence_across_restart() {
         )
         .await;
     assert_eq!(r.status, 201);
+    let staged_at = {
+        let l = c
+            .send(
+                "GET",
+                "/ct1?restype=container&comp=list&include=uncommittedblobs&prefix=staged",
+                &[],
+                vec![],
+            )
+            .await
+            .text();
+        let i = l.find("<Last-Modified>").expect("dated") + "<Last-Modified>".len();
+        l[i..i + l[i..].find('<').unwrap()].to_string()
+    };
     let etag = c
         .send("HEAD", "/ct1/a/b.txt", &cpk_headers(&k), vec![])
         .await
@@ -992,6 +1005,34 @@ async fn persistence_across_restart() {
     assert_eq!(r.h("x-ms-meta-uid"), Some("1000"));
     let r = c.send("GET", "/ct1/a/b.txt", &[], vec![]).await;
     assert_eq!(r.code(), "BlobUsesCustomerSpecifiedEncryption");
+    // The uncommitted-only blob is listed only on request, dated by its last
+    // Put Block (what `cpkfs doctor --clean` measures its grace period by),
+    // and keeps that date across the restart.
+    let listing = |q: &'static str| {
+        let c = &c;
+        async move {
+            c.send(
+                "GET",
+                &format!("/ct1?restype=container&comp=list{q}"),
+                &[],
+                vec![],
+            )
+            .await
+            .text()
+        }
+    };
+    assert!(!listing("").await.contains("<Name>staged</Name>"));
+    let with = listing("&include=uncommittedblobs").await;
+    let entry = &with[with
+        .find("<Name>staged</Name>")
+        .expect("listed with uncommittedblobs")..];
+    let entry = &entry[..entry.find("</Blob>").unwrap()];
+    assert!(entry.contains("<Last-Modified>"), "{entry}");
+    assert_eq!(
+        entry.matches(staged_at.as_str()).count(),
+        2,
+        "Creation-Time and Last-Modified are the staging time: {entry}"
+    );
     let xml = format!("<BlockList><Uncommitted>{id}</Uncommitted></BlockList>");
     let r = c
         .send("PUT", "/ct1/staged?comp=blocklist", &[], xml.into_bytes())

@@ -446,6 +446,70 @@ fn mv_of_cpk_files_streams_when_the_service_cannot_copy_them() {
     );
 }
 
+/// mv of a file that another writer replaces while the service copies it:
+/// the copy is pinned to the version the mount read (`x-ms-source-if-match`),
+/// so it fails rather than mixing versions, and the rename copies the new
+/// version whole. The source name is deleted only for the version copied.
+#[test]
+fn mv_of_a_file_replaced_during_the_copy_moves_one_whole_version() {
+    let m = Mount::emulator();
+    let v1 = pattern(3_000_000, 1);
+    let v2 = pattern(2_000_001, 2);
+    std::fs::write(m.scratch.join("v1"), &v1).unwrap();
+    m.sh("cp $S/v1 $M/f", 60);
+    // Every Put Blob From URL waits 2 s before the service handles it.
+    m.set_faults(Some(serde_json::json!({
+        "rate": 1.0, "kinds": ["slow"], "slow_ms": 2000, "operations": ["PutBlobFromUrl"]
+    })));
+    m.reset_stats();
+    let mv = {
+        let script = format!("mv {0}/f {0}/g", m.mnt.display());
+        std::thread::spawn(move || {
+            std::process::Command::new("sh")
+                .args(["-c", &script])
+                .output()
+                .unwrap()
+        })
+    };
+    // Replace the source over REST while the first copy is held.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while m.op_count("PutBlobFromUrl") == 0 {
+        assert!(Instant::now() < deadline, "no copy started: {}", m.stats());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let c = m.client(m.key.clone());
+    m.block_on(c.put_blob(
+        "f",
+        v2.clone().into(),
+        &cpkfs::blob::CommitOptions::default(),
+        m.key.as_deref(),
+    ))
+    .unwrap();
+    let out = mv.join().unwrap();
+    m.set_faults(None);
+    assert!(
+        out.status.success(),
+        "mv failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = m.stats();
+    assert_eq!(
+        st["requests"]["PutBlobFromUrl"], 2,
+        "one refused copy, one whole: {st}"
+    );
+    let (got, hash) = rest_read(&m, "g", m.key.clone());
+    assert!(
+        got == v2,
+        "g is not the new version whole ({} bytes)",
+        got.len()
+    );
+    assert_eq!(hash.as_deref(), m.key.as_ref().map(|k| k.sha256()));
+    let gone = m.block_on(c.get_blob_properties("f", m.key.as_deref(), &Conditions::default()));
+    assert!(gone.is_err_and(|e| e.is_not_found()), "the source is left");
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("the source changed during the copy"), "{log}");
+}
+
 /// Benchmark (not run by default: `cargo test --test mount_emulator -- --ignored
 /// bench_rename --nocapture`): mv of a 2 GiB CPK file through the mount, the
 /// service copying it vs the streaming fallback, with the bytes the emulator

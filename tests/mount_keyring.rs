@@ -72,6 +72,29 @@ fn keyring_reads_old_keys_and_survives_rotation_under_a_mount() {
         .unwrap();
     assert_eq!(p.cpk_sha256.as_deref(), Some(new.sha256()));
 
+    // mv of a file under the old key: the service copies it with the old key
+    // as the source key and the current key for the copy (one Put Blob From
+    // URL, no bytes through the mount), so the new name is under the current key.
+    let old_data = pattern(2_500_000, 77);
+    m.block_on(c_old.put_blob(
+        "old-src",
+        Bytes::from(old_data.clone()),
+        &CommitOptions::default(),
+        Some(&old),
+    ))
+    .unwrap();
+    m.reset_stats();
+    m.sh("mv $M/old-src $M/old-dst", 60);
+    let st = m.stats();
+    assert_eq!(st["requests"]["PutBlobFromUrl"], 1, "{st}");
+    assert!(st["bytes_in"].as_u64().unwrap() < 64 * 1024, "{st}");
+    let p = m
+        .block_on(c_new.get_blob_properties("old-dst", Some(&new), &Conditions::default()))
+        .unwrap();
+    assert_eq!(p.cpk_sha256.as_deref(), Some(new.sha256()), "not re-keyed");
+    assert!(std::fs::read(m.path("old-dst")).unwrap() == old_data);
+    assert!(!m.path("old-src").exists());
+
     // rotate-cpk while the mount reads every file in a loop.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));

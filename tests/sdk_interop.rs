@@ -248,4 +248,59 @@ async fn python_sdk_rekeys_from_url_with_source_key() {
             .unwrap_err();
         assert!(e.is_code("BlobCustomerSpecifiedEncryptionMismatch"), "{e}");
     }
+
+    // The other way: our client re-keys the SDK's output back to `key` on the
+    // server (Put Blob From URL; Put Block From URL in two ranges + Put Block
+    // List), and the SDK downloads both with `key`.
+    let source = CopySource {
+        name: "sdk/rekeyed.bin",
+        key: Some(&other),
+        if_match: None,
+    };
+    emu.reset_stats().await;
+    let (w, _) = c
+        .put_blob_from_url(
+            "rust/back.bin",
+            &source,
+            &CommitOptions::default(),
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.cpk_sha256.as_deref(), Some(key.sha256()));
+    let ids = BlockIdGen::new();
+    let half = data.len() as u64 / 2;
+    let mut refs = vec![];
+    for (i, r) in [
+        ByteRange::new(0, half),
+        ByteRange::new(half, data.len() as u64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = ids.id(i as u64);
+        c.put_block_from_url("rust/back-staged.bin", &id, &source, r, Some(&key))
+            .await
+            .unwrap();
+        refs.push(BlockRef::Uncommitted(id));
+    }
+    c.put_block_list(
+        "rust/back-staged.bin",
+        &refs,
+        &CommitOptions::default(),
+        Some(&key),
+    )
+    .await
+    .unwrap();
+    let st = emu.stats().await;
+    assert_eq!(emu.count("PutBlobFromUrl").await, 1, "{st}");
+    assert_eq!(emu.count("PutBlockFromUrl").await, 2, "{st}");
+    assert!(
+        st["bytes_in"].as_u64().unwrap() < 64 * 1024,
+        "blob bytes went through the client: {st}"
+    );
+    for name in ["rust/back.bin", "rust/back-staged.bin"] {
+        let out = sdk.run(&["download", name, path.to_str().unwrap()]).await;
+        assert!(out.starts_with("ok "), "{name}: {out}");
+    }
 }

@@ -1,10 +1,13 @@
 //! The `cpkfs` command line: `cpkfs mount`, the mount-helper form used by
-//! `mount -t fuse.cpkfs` and fstab, `cpkfs unmount`.
+//! `mount -t fuse.cpkfs` and fstab, `cpkfs unmount`, `cpkfs stats` (a running
+//! mount's counters) and `cpkfs doctor` (a container checked without a mount).
 
+pub mod doctor;
 pub mod logging;
 pub mod mount;
 pub mod rotate;
 pub mod settings;
+pub mod stats;
 pub mod vault;
 
 use anyhow::{bail, Result};
@@ -32,6 +35,10 @@ pub enum Cmd {
     RotateCpk(rotate::RotateArgs),
     /// Generate a random 256-bit customer-provided key into a 0600 file, optionally wrapped by a Key Vault key (--wrap-with); prints its SHA-256.
     Keygen(vault::KeygenArgs),
+    /// Live counters of a running mount: operations, errors, Blob requests, caches, keys, last errors.
+    Stats(stats::StatsArgs),
+    /// Check a container without a mount: keys, plain blobs, markers and symlinks, uncommitted blocks (--clean). Exit 0: nothing to fix, 1: something to fix, 2: could not check.
+    Doctor(doctor::DoctorArgs),
     /// Unmount a cpkfs mount point (same as `umount` / `fusermount3 -u`).
     Unmount {
         /// The mount point.
@@ -47,96 +54,12 @@ pub struct MountArgs {
     /// Comma-separated settings, as in fstab: `-o container=c,cpk_file=/etc/cpkfs/key,ro`.
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
-    /// Blob endpoint [default: https://ACCOUNT.blob.core.windows.net]. IP/localhost → path style (emulators).
-    #[arg(long)]
-    pub endpoint: Option<String>,
-    /// Storage account name.
-    #[arg(long)]
-    pub account: Option<String>,
-    /// Container to mount.
-    #[arg(long)]
-    pub container: Option<String>,
-    /// File holding the account key, or both keys one per line (mode 0600).
-    #[arg(long, value_name = "FILE")]
-    pub account_key_file: Option<String>,
-    /// File holding a SAS token (instead of an account key).
-    #[arg(long, value_name = "FILE")]
-    pub sas_token_file: Option<String>,
-    /// File holding the customer-provided key: base64 of 32 bytes (`openssl rand -base64 32`), mode 0600.
-    #[arg(long, value_name = "FILE")]
-    pub cpk_file: Option<String>,
-    /// Expected base64 SHA-256 of the customer-provided key (guards against a wrong file).
-    #[arg(long)]
-    pub cpk_sha256: Option<String>,
-    /// Extra CA certificates (PEM) to trust, e.g. the emulator's.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<String>,
-    /// Block size for reads and writes [default: 8M].
-    #[arg(long)]
-    pub block_size: Option<String>,
-    /// Block cache size [default: 256M].
-    #[arg(long)]
-    pub cache_size: Option<String>,
-    /// Directory of the encrypted disk cache (blocks evicted from memory, sealed under a key that dies with the mount) [default: off].
-    #[arg(long, value_name = "DIR")]
-    pub disk_cache_dir: Option<String>,
-    /// Bytes the disk cache may hold [default: 4G].
-    #[arg(long)]
-    pub disk_cache_size: Option<String>,
-    /// Seconds attributes and listings are trusted [default: 3].
-    #[arg(long)]
-    pub attr_ttl: Option<String>,
-    /// error, warn, info, debug, trace [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
-    /// Log file when in the background [default: syslog].
-    #[arg(long, value_name = "FILE")]
-    pub log_file: Option<String>,
-    /// Mount read-only.
-    #[arg(long)]
-    pub read_only: bool,
-    /// Let other users use the mount.
-    #[arg(long)]
-    pub allow_other: bool,
-    /// Accept key files readable by group or others.
-    #[arg(long)]
-    pub allow_open_key_files: bool,
-    /// Create the container if it does not exist.
-    #[arg(long)]
-    pub create_container: bool,
-    /// Allow mounting over a non-empty directory.
-    #[arg(long)]
-    pub nonempty: bool,
-    /// Stay in the foreground, logging to stderr.
-    #[arg(short, long)]
-    pub foreground: bool,
-    /// Owner of files without uid metadata [default: the mounting user].
-    #[arg(long)]
-    pub uid: Option<String>,
-    /// Group of files without gid metadata [default: the mounting user's group].
-    #[arg(long)]
-    pub gid: Option<String>,
-    /// Umask (octal) for files and directories without mode metadata [default: 022].
-    #[arg(long)]
-    pub umask: Option<String>,
-    /// On a concurrent change: `error` (close fails, both versions kept) or `overwrite` (last writer wins) [default: error].
-    #[arg(long)]
-    pub conflict: Option<String>,
-    /// Attempts per request before an error is returned [default: 6].
-    #[arg(long)]
-    pub retry_attempts: Option<String>,
-    /// Longest wait between attempts, seconds; caps Retry-After [default: 10].
-    #[arg(long)]
-    pub retry_max_delay: Option<String>,
-    /// Key Vault secret holding the account key (or both keys, one per line): https://VAULT/secrets/NAME[/VERSION].
-    #[arg(long, value_name = "URL")]
-    pub account_key_secret: Option<String>,
-    /// Extra CA certificates (PEM) to trust for Key Vault and Entra ID [default: ca_file].
-    #[arg(long, value_name = "FILE")]
-    pub vault_ca_file: Option<String>,
-    /// Accept a Key Vault challenge from a host outside the resource's domain (emulators only).
-    #[arg(long)]
-    pub vault_disable_challenge_verification: bool,
+    /// Every setting as a flag (settings.rs declares them).
+    #[command(flatten)]
+    pub flags: settings::SettingFlags,
+    /// Stay in the foreground (same as --foreground).
+    #[arg(short = 'f', hide = true)]
+    pub f: bool,
     #[arg(long, hide = true)]
     pub account_key: Option<String>,
     #[arg(long, hide = true)]
@@ -160,59 +83,11 @@ impl MountArgs {
         if self.sas_token.is_some() {
             s.set("sas_token", "")?;
         }
-        let pairs: [(&str, &Option<String>); 19] = [
-            ("endpoint", &self.endpoint),
-            ("account", &self.account),
-            ("container", &self.container),
-            ("account_key_file", &self.account_key_file),
-            ("sas_token_file", &self.sas_token_file),
-            ("cpk_file", &self.cpk_file),
-            ("cpk_sha256", &self.cpk_sha256),
-            ("ca_file", &self.ca_file),
-            ("block_size", &self.block_size),
-            ("cache_size", &self.cache_size),
-            ("disk_cache_dir", &self.disk_cache_dir),
-            ("disk_cache_size", &self.disk_cache_size),
-            ("attr_ttl", &self.attr_ttl),
-            ("log_level", &self.log_level),
-            ("log_file", &self.log_file),
-            ("uid", &self.uid),
-            ("gid", &self.gid),
-            ("account_key_secret", &self.account_key_secret),
-            ("vault_ca_file", &self.vault_ca_file),
-        ];
-        for (k, v) in pairs {
-            if let Some(v) = v {
-                s.set(k, v)?;
-            }
+        for (k, v) in self.flags.given() {
+            s.set(k, v)?;
         }
-        if let Some(u) = &self.umask {
-            s.set("umask", u)?;
-        }
-        if let Some(c) = &self.conflict {
-            s.set("conflict", c)?;
-        }
-        if let Some(c) = &self.retry_attempts {
-            s.set("retry_attempts", c)?;
-        }
-        if let Some(c) = &self.retry_max_delay {
-            s.set("retry_max_delay", c)?;
-        }
-        for (k, on) in [
-            ("read_only", self.read_only),
-            ("allow_other", self.allow_other),
-            ("allow_open_key_files", self.allow_open_key_files),
-            ("create_container", self.create_container),
-            ("nonempty", self.nonempty),
-            ("foreground", self.foreground),
-            (
-                "vault_disable_challenge_verification",
-                self.vault_disable_challenge_verification,
-            ),
-        ] {
-            if on {
-                s.set(k, "true")?;
-            }
+        if self.f {
+            s.set("foreground", "true")?;
         }
         for o in &self.options {
             s.apply_o(o)?;
@@ -228,6 +103,8 @@ fn rewrite_helper_form(args: Vec<String>) -> Vec<String> {
         "mount",
         "rotate-cpk",
         "keygen",
+        "stats",
+        "doctor",
         "unmount",
         "help",
         "-h",
@@ -256,6 +133,15 @@ pub fn main() {
         Cmd::Mount(a) => mount::run(a),
         Cmd::RotateCpk(a) => rotate::run(a),
         Cmd::Keygen(a) => vault::keygen(a),
+        Cmd::Stats(a) => stats::run(a),
+        Cmd::Doctor(a) => match doctor::run(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("cpkfs: {e:#}");
+                std::process::exit(2);
+            }
+        },
         Cmd::Unmount { mountpoint } => unmount(&mountpoint),
     };
     if let Err(e) = res {
@@ -282,28 +168,36 @@ mod tests {
     use super::*;
 
     /// `cpkfs keygen` reads CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION from
-    /// the environment; CONFIGURATION.md's own example sets it to 1.
+    /// the environment as every setting is read; CONFIGURATION.md's own
+    /// example sets it to 1. The flag overrides it.
     #[test]
     fn keygen_env_boolean_accepts_what_people_write() {
         const VAR: &str = "CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION";
-        let parse = |v: &str| {
-            // Only this test touches the variable.
-            std::env::set_var(VAR, v);
-            let r = Cli::try_parse_from(["cpkfs", "keygen", "--out", "/nonexistent/k"]);
-            std::env::remove_var(VAR);
-            match r.map(|c| c.cmd) {
-                Ok(Cmd::Keygen(a)) => Ok(a.vault_disable_challenge_verification),
-                Ok(_) => panic!("not keygen"),
-                Err(e) => Err(e.to_string()),
-            }
+        let parse = |v: &str, args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["cpkfs", "keygen", "--out", "/nonexistent/k"]
+                    .iter()
+                    .chain(args),
+            )
+            .unwrap();
+            let Cmd::Keygen(a) = cli.cmd else {
+                panic!("not keygen")
+            };
+            a.settings(&|k| (k == VAR).then(|| v.to_string()))
+                .map(|s| s.vault_disable_challenge_verification)
+                .map_err(|e| e.to_string())
         };
         for v in ["1", "true", "TRUE", "yes", "on"] {
-            assert_eq!(parse(v), Ok(true), "{v}");
+            assert_eq!(parse(v, &[]), Ok(Some(true)), "{v}");
         }
         for v in ["0", "false", "no", "off"] {
-            assert_eq!(parse(v), Ok(false), "{v}");
+            assert_eq!(parse(v, &[]), Ok(Some(false)), "{v}");
         }
-        assert!(parse("maybe").is_err());
+        assert!(parse("maybe", &[]).is_err());
+        assert_eq!(
+            parse("0", &["--vault-disable-challenge-verification"]),
+            Ok(Some(true))
+        );
     }
 
     #[test]

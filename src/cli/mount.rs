@@ -41,6 +41,7 @@ pub fn resolve(a: &MountArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Pl
         None => Settings::default(),
     };
     let s = file.overlay(Settings::from_env(env)?).overlay(opts);
+    s.validate()?;
     let mountpoint = a
         .mountpoint
         .clone()
@@ -306,11 +307,9 @@ async fn probe(client: &BlobClient, s: &Settings) -> Result<()> {
 
 fn fs_config(s: &Settings) -> Result<FsConfig> {
     let mut c = FsConfig::default();
+    // Ranges were checked by `Settings::validate` (settings.rs).
     if let Some(b) = &s.block_size {
         c.block_size = b.bytes()?;
-        if c.block_size < 64 * 1024 || c.block_size > 4000 * 1024 * 1024 {
-            bail!("block_size must be between 64K and 4000M");
-        }
     }
     if let Some(b) = &s.cache_size {
         c.cache_size = b.bytes()?;
@@ -323,9 +322,6 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
         bail!("disk_cache_size must hold at least one block (block_size + 64K)");
     }
     if let Some(t) = s.attr_ttl {
-        if !(0.0..=86400.0).contains(&t) {
-            bail!("attr_ttl must be between 0 and 86400 seconds");
-        }
         c.attr_ttl = Duration::from_secs_f64(t);
     }
     c.read_only = s.read_only.unwrap_or(false);

@@ -20,18 +20,13 @@ use crate::blob::{
     BlobClient, BlobError, BlobProperties, BlockIdGen, BlockRef, ByteRange, CommitOptions,
     Conditions, CopySource, CustomerKey, ListOptions, WriteResult,
 };
+use crate::fs::KeyRing;
 use anyhow::{bail, Result};
-use base64::Engine;
 use clap::Args;
 use futures::stream::{self, StreamExt};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// Put Blob From URL re-keys up to 5,000 MiB in one request.
-const MAX_PUT_BLOB_FROM_URL: u64 = 5000 << 20;
-/// Larger blobs are re-keyed as Put Block From URL ranges of this size.
-const FROM_URL_BLOCK: u64 = 256 << 20;
 
 #[derive(Args, Clone)]
 pub struct RotateArgs {
@@ -60,11 +55,6 @@ enum Outcome {
 /// range.
 type Expected = Vec<(u64, u64)>;
 
-fn crc_from_header(v: &str) -> Option<u64> {
-    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-    Some(u64::from_le_bytes(raw.try_into().ok()?))
-}
-
 /// The service re-keys the blob onto itself. `Err(None)`: the service cannot
 /// (stream instead); `Err(Some(outcome))`: a final outcome.
 async fn rekey_on_server(
@@ -80,44 +70,11 @@ async fn rekey_on_server(
         key: Some(old),
         if_match: Some(&props.etag),
     };
-    let size = props.content_length;
-    if size <= MAX_PUT_BLOB_FROM_URL {
-        let (w, crc) = client
-            .put_blob_from_url(name, &src, opts, Some(new))
-            .await
-            .map_err(Some)?;
-        let expected = crc
-            .as_deref()
-            .and_then(crc_from_header)
-            .map(|c| vec![(size, c)]);
-        return Ok((w, expected.unwrap_or_default()));
-    }
-    let ids = BlockIdGen::new();
-    let (mut refs, mut expected) = (vec![], vec![]);
-    let mut off = 0;
-    while off < size {
-        let end = (off + FROM_URL_BLOCK).min(size);
-        let id = ids.id(refs.len() as u64);
-        let crc = client
-            .put_block_from_url(name, &id, &src, ByteRange::new(off, end), Some(new))
-            .await
-            .map_err(Some)?;
-        // Without a CRC per block there is nothing to compare range by range.
-        match crc.as_deref().and_then(crc_from_header) {
-            Some(c) if expected.len() == refs.len() => expected.push((end, c)),
-            _ => expected.clear(),
-        }
-        refs.push(BlockRef::Uncommitted(id));
-        off = end;
-    }
-    let w = client
-        .put_block_list(name, &refs, opts, Some(new))
+    let c = client
+        .copy_from_url(name, &src, props.content_length, opts, Some(new))
         .await
         .map_err(Some)?;
-    if expected.len() != refs.len() {
-        expected.clear();
-    }
-    Ok((w, expected))
+    Ok((c.write, c.crcs))
 }
 
 /// Re-key one blob from its old key to the current key, then verify it.
@@ -274,6 +231,98 @@ async fn verify(
     Outcome::Rotated(size)
 }
 
+/// What a listing found: blobs to re-key (name, size, their key), and the rest.
+#[derive(Default)]
+struct Inventory {
+    todo: Vec<(String, u64, Arc<CustomerKey>)>,
+    current: usize,
+    plain: usize,
+    /// (name, key hash) of blobs under keys not in the ring.
+    unknown: Vec<(String, String)>,
+}
+
+/// List the prefix and sort every blob by its key (names and key hashes
+/// only; listing pages are lazy).
+async fn inventory(
+    client: &BlobClient,
+    ring: &KeyRing,
+    current: &CustomerKey,
+    prefix: &str,
+) -> Result<Inventory> {
+    let mut inv = Inventory::default();
+    let mut pager = client.list_pager(ListOptions {
+        prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+        max_results: Some(5000),
+        ..Default::default()
+    });
+    while let Some(page) = pager.next_page().await? {
+        for b in page.blobs {
+            match b.properties.cpk_sha256.as_deref() {
+                None => inv.plain += 1,
+                Some(h) if h == current.sha256() => inv.current += 1,
+                Some(h) => match ring.find(h) {
+                    Some(k) => inv
+                        .todo
+                        .push((b.name, b.properties.content_length, k.clone())),
+                    None => inv.unknown.push((b.name, h.to_string())),
+                },
+            }
+        }
+    }
+    Ok(inv)
+}
+
+/// A byte-count progress bar on a terminal; one line per blob otherwise.
+fn progress_bar(total_bytes: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total_bytes);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
+/// Re-key every blob of `todo`, `concurrency` at a time, reporting each.
+async fn rotate_all(
+    client: &BlobClient,
+    todo: Vec<(String, u64, Arc<CustomerKey>)>,
+    current: &Arc<CustomerKey>,
+    block: u64,
+    concurrency: usize,
+) -> Vec<(String, Outcome)> {
+    let bar = progress_bar(todo.iter().map(|t| t.1).sum());
+    let streaming_only = Arc::new(AtomicBool::new(false));
+    let results = stream::iter(todo)
+        .map(|(name, _, old)| {
+            let (bar, streaming_only) = (bar.clone(), streaming_only.clone());
+            async move {
+                let o = rotate_one(client, &name, &old, current, block, &streaming_only).await;
+                match (&o, &bar) {
+                    (Outcome::Rotated(sz), Some(b)) => {
+                        b.inc(*sz);
+                        b.set_message(name.clone());
+                    }
+                    (Outcome::Rotated(sz), None) => println!("re-encrypted {name} ({sz} bytes)"),
+                    (Outcome::Changed, _) => println!(
+                        "skipped {name}: it changed during the rotation (rerun to rotate it)"
+                    ),
+                    (Outcome::Failed(e), _) => println!("FAILED {name}: {e}"),
+                }
+                (name, o)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    results
+}
+
 pub fn run(a: RotateArgs) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     let mut common = a.common.clone();
@@ -301,92 +350,38 @@ pub fn run(a: RotateArgs) -> Result<()> {
         .worker_threads(2)
         .build()?;
     rt.block_on(async move {
-        // Collect the work (names and key hashes only; listing pages are lazy).
-        let mut todo: Vec<(String, u64, Arc<CustomerKey>)> = vec![];
-        let (mut current_n, mut plain_n, mut unknown) = (0usize, 0usize, vec![]);
-        let mut pager = client.list_pager(ListOptions {
-            prefix: (!a.prefix.is_empty()).then(|| a.prefix.clone()),
-            max_results: Some(5000),
-            ..Default::default()
-        });
-        while let Some(page) = pager.next_page().await? {
-            for b in page.blobs {
-                match b.properties.cpk_sha256.as_deref() {
-                    None => plain_n += 1,
-                    Some(h) if h == current.sha256() => current_n += 1,
-                    Some(h) => match ring.find(h) {
-                        Some(k) => todo.push((b.name, b.properties.content_length, k.clone())),
-                        None => unknown.push((b.name, h.to_string())),
-                    },
-                }
-            }
-        }
-        let total_bytes: u64 = todo.iter().map(|t| t.1).sum();
+        let inv = inventory(&client, &ring, &current, &a.prefix).await?;
+        let total_bytes: u64 = inv.todo.iter().map(|t| t.1).sum();
         println!(
             "{} blob(s) ({} bytes) to re-encrypt to key {}; {} already under it; {} not encrypted (left as they are); {} under keys not in the ring",
-            todo.len(),
+            inv.todo.len(),
             total_bytes,
             current.sha256(),
-            current_n,
-            plain_n,
-            unknown.len()
+            inv.current,
+            inv.plain,
+            inv.unknown.len()
         );
-        for (n, h) in &unknown {
+        for (n, h) in &inv.unknown {
             println!("cannot rotate {n}: encrypted with key {h}, which is not in the ring");
         }
+        let unknown = inv.unknown.len();
         if a.dry_run {
-            for (n, size, k) in &todo {
+            for (n, size, k) in &inv.todo {
                 println!("would re-encrypt {n} ({size} bytes) from key {}", k.sha256());
             }
-            return if unknown.is_empty() { Ok(()) } else { bail!("{} blob(s) are under keys not in the ring", unknown.len()) };
+            return if unknown == 0 { Ok(()) } else { bail!("{unknown} blob(s) are under keys not in the ring") };
         }
-        let bar = if std::io::stdout().is_terminal() {
-            let b = indicatif::ProgressBar::new(total_bytes);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ETA {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            Some(b)
-        } else {
-            None
-        };
-        let n = todo.len();
-        let streaming_only = Arc::new(AtomicBool::new(false));
-        let results: Vec<(String, Outcome)> = stream::iter(todo)
-            .map(|(name, _, old)| {
-                let client = client.clone();
-                let current = current.clone();
-                let bar = bar.clone();
-                let streaming_only = streaming_only.clone();
-                async move {
-                    let o = rotate_one(&client, &name, &old, &current, block, &streaming_only).await;
-                    match (&o, &bar) {
-                        (Outcome::Rotated(sz), Some(b)) => {
-                            b.inc(*sz);
-                            b.set_message(name.clone());
-                        }
-                        (Outcome::Rotated(sz), None) => println!("re-encrypted {name} ({sz} bytes)"),
-                        (Outcome::Changed, _) => println!("skipped {name}: it changed during the rotation (rerun to rotate it)"),
-                        (Outcome::Failed(e), _) => println!("FAILED {name}: {e}"),
-                    }
-                    (name, o)
-                }
-            })
-            .buffer_unordered(a.concurrency.max(1))
-            .collect()
-            .await;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        let rotated = results.iter().filter(|r| matches!(r.1, Outcome::Rotated(_))).count();
-        let changed = results.iter().filter(|r| matches!(r.1, Outcome::Changed)).count();
-        let failed = results.iter().filter(|r| matches!(r.1, Outcome::Failed(_))).count();
+        let n = inv.todo.len();
+        let results = rotate_all(&client, inv.todo, &current, block, a.concurrency).await;
+        let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.1)).count();
+        let rotated = count(|o| matches!(o, Outcome::Rotated(_)));
+        let changed = count(|o| matches!(o, Outcome::Changed));
+        let failed = count(|o| matches!(o, Outcome::Failed(_)));
         println!(
-            "summary: {rotated} of {n} re-encrypted and verified, {changed} changed meanwhile (skipped), {failed} failed, {} under unknown keys",
-            unknown.len()
+            "summary: {rotated} of {n} re-encrypted and verified, {changed} changed meanwhile (skipped), {failed} failed, {unknown} under unknown keys"
         );
-        if failed > 0 || !unknown.is_empty() {
-            bail!("{} blob(s) could not be rotated", failed + unknown.len());
+        if failed > 0 || unknown > 0 {
+            bail!("{} blob(s) could not be rotated", failed + unknown);
         }
         Ok(())
     })

@@ -38,80 +38,279 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .map_err(|_| anyhow::anyhow!("{s:?} is not a size (examples: 8388608, 8M, 1G)"))
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub endpoint: Option<String>,
-    pub account: Option<String>,
-    pub container: Option<String>,
-    pub account_key_file: Option<PathBuf>,
-    pub sas_token_file: Option<PathBuf>,
-    pub cpk_file: Option<PathBuf>,
-    pub cpk_sha256: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub block_size: Option<Size>,
-    pub cache_size: Option<Size>,
-    /// The encrypted disk tier's directory (off when unset).
-    pub disk_cache_dir: Option<PathBuf>,
-    pub disk_cache_size: Option<Size>,
-    pub attr_ttl: Option<f64>,
-    pub log_level: Option<String>,
-    pub log_file: Option<PathBuf>,
-    pub read_only: Option<bool>,
-    pub allow_other: Option<bool>,
-    pub allow_open_key_files: Option<bool>,
-    pub create_container: Option<bool>,
-    pub nonempty: Option<bool>,
-    pub foreground: Option<bool>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub umask: Option<String>,
-    /// `error` (default): a commit over a concurrent change fails close and
-    /// keeps both versions; `overwrite`: last writer wins.
-    pub conflict: Option<String>,
-    /// Attempts per request (transient failures are retried).
-    pub retry_attempts: Option<u32>,
-    /// Longest wait between two attempts, in seconds (caps Retry-After too).
-    pub retry_max_delay: Option<f64>,
-    // Key Vault (src/cli/vault.rs)
-    pub account_key_secret: Option<String>,
-    pub vault_ca_file: Option<PathBuf>,
-    pub vault_disable_challenge_verification: Option<bool>,
+/// How a setting's value is read from text (`-o`, `--flag`, env) and how its
+/// command-line flag behaves.
+pub trait SettingValue: Sized {
+    fn parse(name: &str, v: &str) -> Result<Self>;
+    /// A flag that may stand alone (`--read-only`) or take `=VALUE`.
+    const IS_SWITCH: bool = false;
+}
+
+impl SettingValue for String {
+    fn parse(_: &str, v: &str) -> Result<Self> {
+        Ok(v.to_string())
+    }
+}
+
+impl SettingValue for PathBuf {
+    fn parse(_: &str, v: &str) -> Result<Self> {
+        Ok(v.into())
+    }
+}
+
+impl SettingValue for bool {
+    fn parse(name: &str, v: &str) -> Result<Self> {
+        parse_bool(name, v)
+    }
+    const IS_SWITCH: bool = true;
+}
+
+impl SettingValue for u32 {
+    fn parse(name: &str, v: &str) -> Result<Self> {
+        v.parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v}: expected a number"))
+    }
+}
+
+impl SettingValue for f64 {
+    fn parse(name: &str, v: &str) -> Result<Self> {
+        v.parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v}: expected seconds"))
+    }
+}
+
+impl SettingValue for Size {
+    fn parse(_: &str, v: &str) -> Result<Self> {
+        Ok(Size::Bytes(parse_size(v)?))
+    }
+}
+
+/// One setting as the docs and the help show it.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingSpec {
+    pub name: &'static str,
+    /// `-o` alias and short flag, if any (shown in the docs' name column).
+    pub alias: Option<&'static str>,
+    /// The environment variable(s) read, as the docs show them.
+    pub env: &'static str,
+    pub default: &'static str,
+    /// Markdown; the first sentence is the command-line help.
+    pub doc: &'static str,
+}
+
+/// Declares every setting once: the `Settings` struct (TOML, via serde), its
+/// text parser (`-o`, `--flags`, env), its overlay, the clap flags
+/// (`SettingFlags`) and the table of `docs/CONFIGURATION.md` (`SETTINGS`,
+/// checked by a test) all come from this list.
+macro_rules! settings {
+    ($(
+        $name:ident: $ty:ty, alias $alias:expr, env $env:literal, default $default:literal,
+        check $check:expr, doc $doc:literal;
+    )*) => {
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $(#[doc = $doc] pub $name: Option<$ty>,)*
+        }
+
+        pub const SETTINGS: &[SettingSpec] = &[$(SettingSpec {
+            name: stringify!($name),
+            alias: $alias,
+            env: $env,
+            default: $default,
+            doc: $doc,
+        },)*];
+
+        /// Every setting as a `--flag` (dashes for underscores). Switches
+        /// (booleans) stand alone or take `=VALUE`; the rest take a value.
+        #[derive(clap::Args, Debug, Clone, Default)]
+        pub struct SettingFlags {
+            $(
+                #[arg(
+                    long,
+                    help = first_sentence($doc),
+                    long_help = $doc,
+                    num_args = if <$ty as SettingValue>::IS_SWITCH { 0..=1 } else { 1..=1 },
+                    require_equals = <$ty as SettingValue>::IS_SWITCH,
+                    default_missing_value = if <$ty as SettingValue>::IS_SWITCH { Some("true") } else { None },
+                )]
+                pub $name: Option<String>,
+            )*
+        }
+
+        impl SettingFlags {
+            /// (name, value) of every flag given.
+            pub fn given(&self) -> Vec<(&'static str, &str)> {
+                let mut v = vec![];
+                $(if let Some(x) = &self.$name {
+                    v.push((stringify!($name), x.as_str()));
+                })*
+                v
+            }
+        }
+
+        impl Settings {
+            /// Parse and store one setting by name; false if the name is unknown.
+            fn set_known(&mut self, name: &str, v: &str) -> Result<bool> {
+                $(if name == stringify!($name) || Some(name) == $alias {
+                    let check: fn(&$ty) -> Result<()> = $check;
+                    let value = <$ty as SettingValue>::parse(stringify!($name), v)?;
+                    check(&value)?;
+                    self.$name = Some(value);
+                    return Ok(true);
+                })*
+                Ok(false)
+            }
+
+            /// Check every value set, wherever it came from (TOML values
+            /// are not parsed by [`Settings::set`]).
+            pub fn validate(&self) -> Result<()> {
+                $(if let Some(value) = &self.$name {
+                    let check: fn(&$ty) -> Result<()> = $check;
+                    check(value)?;
+                })*
+                Ok(())
+            }
+
+            /// Overlay: every value set in `hi` wins.
+            pub fn overlay(self, hi: Settings) -> Settings {
+                Settings { $($name: hi.$name.or(self.$name),)* }
+            }
+        }
+    };
+}
+
+/// clap shows this as the short help; the docs' cell is the long help.
+const fn first_sentence(doc: &'static str) -> &'static str {
+    let b = doc.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] == b'.' && b[i + 1] == b' ' {
+            // Safe split: '.' and ' ' are ASCII, so i + 1 is a char boundary.
+            let (head, _) = b.split_at(i + 1);
+            return match std::str::from_utf8(head) {
+                Ok(s) => s,
+                Err(_) => doc,
+            };
+        }
+        i += 1;
+    }
+    doc
+}
+
+fn any<T>(_: &T) -> Result<()> {
+    Ok(())
+}
+
+settings! {
+    endpoint: String, alias None, env "`CPKFS_ENDPOINT`", default "`https://ACCOUNT.blob.core.windows.net`", check any,
+        doc "Blob endpoint. An IP address, `localhost` or a URL with a path (`https://127.0.0.1:10000/devstoreaccount1`) selects path-style URLs (emulators).";
+    account: String, alias None, env "`AZURE_STORAGE_ACCOUNT`, `CPKFS_ACCOUNT`", default "required", check any,
+        doc "Storage account name.";
+    container: String, alias None, env "`CPKFS_CONTAINER`", default "required", check any,
+        doc "Container to mount. The mount-helper form takes it as the source: `mount -t fuse.cpkfs CONTAINER DIR`.";
+    account_key_file: PathBuf, alias None, env "`CPKFS_ACCOUNT_KEY_FILE`", default "—", check any,
+        doc "File with the account key, or both of the account's keys one per line (mode 0600). Re-read when it changes and when the service rejects the key in use; cpkfs then switches to a key that works and logs which (never the key). `AZURE_STORAGE_KEY` (the key itself) is used when no file is given.";
+    sas_token_file: PathBuf, alias None, env "`CPKFS_SAS_TOKEN_FILE`", default "—", check any,
+        doc "File with a SAS token (instead of an account key). `AZURE_STORAGE_SAS_TOKEN` is used when no file is given.";
+    cpk_file: PathBuf, alias None, env "`CPKFS_CPK_FILE`", default "— (no encryption key)", check any,
+        doc "The customer-provided key ring (mode 0600): one base64 key (32 bytes, what `openssl rand -base64 32` prints) per line; the first is the current key (all writes), the others older keys kept for reading blobs not rotated yet (`cpkfs rotate-cpk`). `#` comments and blank lines are ignored. A JSON file is a Key Vault wrapped-key file (see Key Vault).";
+    cpk_sha256: String, alias None, env "`CPKFS_CPK_SHA256`", default "—", check any,
+        doc "Expected base64 SHA-256 of the current key. A wrong key file is refused.";
+    ca_file: PathBuf, alias None, env "`CPKFS_CA_FILE`", default "—", check any,
+        doc "Extra CA certificates (PEM) to trust, e.g. the emulator's `--ca-out` file.";
+    block_size: Size, alias None, env "`CPKFS_BLOCK_SIZE`", default "`8M`", check |b| {
+            let b = b.bytes()?;
+            if !(64 << 10..=4000 << 20).contains(&b) {
+                bail!("block_size must be between 64K and 4000M");
+            }
+            Ok(())
+        },
+        doc "Block size of ranged reads, the cache and Put Block (64K…4000M; suffixes K, M, G).";
+    cache_size: Size, alias None, env "`CPKFS_CACHE_SIZE`", default "`256M`", check any,
+        doc "Bytes the in-memory block cache may hold (suffixes K, M, G).";
+    disk_cache_dir: PathBuf, alias None, env "`CPKFS_DISK_CACHE_DIR`", default "— (off)", check any,
+        doc "Directory of the encrypted disk cache: blocks evicted from the memory cache are written here, sealed with AES-256-GCM under a random key that exists only in the mount's memory (never the plaintext, the customer-provided key or that key), so a second read of data larger than RAM comes from local disk. Each mount uses its own subdirectory `cpkfs-mount-<random>` (0700), removed at unmount; one left by a killed mount is removed by the next mount on the same directory. Created (0700) if missing; must be writable. See `docs/SEMANTICS.md` \"Disk cache\".";
+    disk_cache_size: Size, alias None, env "`CPKFS_DISK_CACHE_SIZE`", default "`4G`", check |b| {
+            b.bytes()?;
+            Ok(())
+        },
+        doc "Bytes the disk cache may hold (least recently used blocks are deleted first; suffixes K, M, G). At least one block plus 64K.";
+    attr_ttl: f64, alias None, env "`CPKFS_ATTR_TTL`", default "`3`", check |t| {
+            if !(0.0..=86400.0).contains(t) {
+                bail!("attr_ttl must be between 0 and 86400 seconds");
+            }
+            Ok(())
+        },
+        doc "Seconds attributes, listings and negative lookups are trusted.";
+    read_only: bool, alias Some("ro"), env "`CPKFS_READ_ONLY`", default "`false`", check any,
+        doc "Mount read-only. Writes fail with EROFS.";
+    create_container: bool, alias None, env "`CPKFS_CREATE_CONTAINER`", default "`false`", check any,
+        doc "Create the container if it does not exist.";
+    allow_other: bool, alias None, env "`CPKFS_ALLOW_OTHER`", default "`false`", check any,
+        doc "Let other users use the mount. Non-root users need `user_allow_other` in `/etc/fuse.conf`.";
+    allow_open_key_files: bool, alias None, env "`CPKFS_ALLOW_OPEN_KEY_FILES`", default "`false`", check any,
+        doc "Accept key files readable by group or others.";
+    nonempty: bool, alias None, env "`CPKFS_NONEMPTY`", default "`false`", check any,
+        doc "Allow mounting over a non-empty directory.";
+    foreground: bool, alias Some("f"), env "`CPKFS_FOREGROUND`", default "`false`", check any,
+        doc "Stay in the foreground, logging to stderr. Otherwise `cpkfs mount` returns only once the mount is live (or fails with the reason) and the mount runs detached.";
+    uid: u32, alias None, env "`CPKFS_UID`", default "the mounting user", check any,
+        doc "Owner of files whose blobs carry no `uid` metadata.";
+    gid: u32, alias None, env "`CPKFS_GID`", default "the mounting user's group", check any,
+        doc "Group of files whose blobs carry no `gid` metadata.";
+    umask: String, alias None, env "`CPKFS_UMASK`", default "`022`", check |v| {
+            u32::from_str_radix(v, 8).map_err(|_| anyhow::anyhow!("umask={v}: expected octal"))?;
+            Ok(())
+        },
+        doc "Octal umask for files and directories whose blobs carry no `mode` metadata.";
+    conflict: String, alias None, env "`CPKFS_CONFLICT`", default "`error`", check |v| match v.as_str() {
+            "error" | "overwrite" => Ok(()),
+            _ => bail!("conflict={v}: expected error or overwrite"),
+        },
+        doc "When another writer changed a file since it was opened: `error` — close fails (EIO) and this version is kept as `NAME.cpkfs-conflict-<time>`; `overwrite` — last writer wins.";
+    retry_attempts: u32, alias None, env "`CPKFS_RETRY_ATTEMPTS`", default "`6`", check |n| {
+            if *n == 0 {
+                bail!("retry_attempts must be at least 1");
+            }
+            Ok(())
+        },
+        doc "Attempts per request. Only transient failures (5xx, 408, 429, connection errors) are retried.";
+    retry_max_delay: f64, alias None, env "`CPKFS_RETRY_MAX_DELAY`", default "`10`", check any,
+        doc "Longest wait between attempts in seconds (exponential backoff with jitter; a `Retry-After` is honoured up to this).";
+    log_level: String, alias None, env "`CPKFS_LOG_LEVEL`", default "`info`", check any,
+        doc "`error`, `warn`, `info`, `debug` or `trace` for cpkfs's own logs; HTTP and TLS libraries log at `warn` at most. No level logs a key, a token or a string-to-sign.";
+    log_file: PathBuf, alias None, env "`CPKFS_LOG_FILE`", default "stderr (foreground), syslog (background)", check any,
+        doc "Log file.";
+    account_key_secret: String, alias None, env "`CPKFS_ACCOUNT_KEY_SECRET`", default "—", check any,
+        doc "Key Vault secret holding the account key (or both keys, one per line): `https://VAULT.vault.azure.net/secrets/NAME[/VERSION]`. Fetched at mount; when the service rejects the key in use (`AuthenticationFailed`, i.e. a rotation), fetched again before the request is retried. If the secret holds one key and has no new version yet, the request waits up to 30 s for one. Takes precedence over `account_key_file`.";
+    vault_ca_file: PathBuf, alias None, env "`CPKFS_VAULT_CA_FILE`", default "`ca_file`", check any,
+        doc "Extra CA (PEM) trusted for Key Vault and the token endpoints.";
+    vault_disable_challenge_verification: bool, alias None, env "`CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION`", default "`false`", check any,
+        doc "Accept a Key Vault 401 challenge whose resource domain (`vault.azure.net`) does not contain the vault's host. Needed for the emulator (127.0.0.1); never set it for Azure.";
 }
 
 /// Every setting name, for help texts and the env lookup.
-pub const NAMES: &[&str] = &[
-    "endpoint",
-    "account",
-    "container",
-    "account_key_file",
-    "sas_token_file",
-    "cpk_file",
-    "cpk_sha256",
-    "ca_file",
-    "block_size",
-    "cache_size",
-    "disk_cache_dir",
-    "disk_cache_size",
-    "attr_ttl",
-    "log_level",
-    "log_file",
-    "read_only",
-    "allow_other",
-    "allow_open_key_files",
-    "create_container",
-    "nonempty",
-    "foreground",
-    "uid",
-    "gid",
-    "umask",
-    "conflict",
-    "retry_attempts",
-    "retry_max_delay",
-    "account_key_secret",
-    "vault_ca_file",
-    "vault_disable_challenge_verification",
-];
+pub fn names() -> impl Iterator<Item = &'static str> {
+    SETTINGS.iter().map(|s| s.name)
+}
+
+/// The settings table of `docs/CONFIGURATION.md`, made from [`SETTINGS`].
+pub fn markdown_table() -> String {
+    let mut t = String::from("| name | env | default | meaning |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        let name = match s.alias {
+            Some(a) if a.len() == 1 => format!("`{}` (`-{a}`)", s.name),
+            Some(a) => format!("`{}` (`{a}`)", s.name),
+            None => format!("`{}`", s.name),
+        };
+        t.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            s.env, s.default, s.doc
+        ));
+    }
+    t
+}
 
 /// Options that would put a secret on the command line, and what to do instead.
 fn secret_refusal(name: &str) -> Option<&'static str> {
@@ -182,79 +381,13 @@ impl Settings {
         if let Some(why) = secret_refusal(&name) {
             bail!("refusing the option {name}: {why}");
         }
-        let v = value.to_string();
-        match name.as_str() {
-            "endpoint" => self.endpoint = Some(v),
-            "account" => self.account = Some(v),
-            "container" => self.container = Some(v),
-            "account_key_file" => self.account_key_file = Some(v.into()),
-            "sas_token_file" => self.sas_token_file = Some(v.into()),
-            "cpk_file" => self.cpk_file = Some(v.into()),
-            "cpk_sha256" => self.cpk_sha256 = Some(v),
-            "ca_file" => self.ca_file = Some(v.into()),
-            "block_size" => self.block_size = Some(Size::Bytes(parse_size(&v)?)),
-            "cache_size" => self.cache_size = Some(Size::Bytes(parse_size(&v)?)),
-            "disk_cache_dir" => self.disk_cache_dir = Some(v.into()),
-            "disk_cache_size" => self.disk_cache_size = Some(Size::Bytes(parse_size(&v)?)),
-            "attr_ttl" => {
-                self.attr_ttl = Some(
-                    v.parse()
-                        .map_err(|_| anyhow::anyhow!("attr_ttl={v}: expected seconds"))?,
-                )
-            }
-            "log_level" => self.log_level = Some(v),
-            "log_file" => self.log_file = Some(v.into()),
-            "read_only" | "ro" => self.read_only = Some(parse_bool(&name, &v)?),
-            "allow_other" => self.allow_other = Some(parse_bool(&name, &v)?),
-            "allow_open_key_files" => self.allow_open_key_files = Some(parse_bool(&name, &v)?),
-            "create_container" => self.create_container = Some(parse_bool(&name, &v)?),
-            "nonempty" => self.nonempty = Some(parse_bool(&name, &v)?),
-            "foreground" => self.foreground = Some(parse_bool(&name, &v)?),
-            "uid" => {
-                self.uid = Some(
-                    v.parse()
-                        .map_err(|_| anyhow::anyhow!("uid={v}: expected a number"))?,
-                )
-            }
-            "gid" => {
-                self.gid = Some(
-                    v.parse()
-                        .map_err(|_| anyhow::anyhow!("gid={v}: expected a number"))?,
-                )
-            }
-            "umask" => {
-                u32::from_str_radix(&v, 8)
-                    .map_err(|_| anyhow::anyhow!("umask={v}: expected octal"))?;
-                self.umask = Some(v)
-            }
-            "retry_attempts" => {
-                let n: u32 = v
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("retry_attempts={v}: expected a number"))?;
-                if n == 0 {
-                    bail!("retry_attempts must be at least 1");
-                }
-                self.retry_attempts = Some(n)
-            }
-            "retry_max_delay" => {
-                self.retry_max_delay = Some(
-                    v.parse()
-                        .map_err(|_| anyhow::anyhow!("retry_max_delay={v}: expected seconds"))?,
-                )
-            }
-            "conflict" => match v.as_str() {
-                "error" | "overwrite" => self.conflict = Some(v),
-                _ => bail!("conflict={v}: expected error or overwrite"),
-            },
-            "account_key_secret" => self.account_key_secret = Some(v),
-            "vault_ca_file" => self.vault_ca_file = Some(v.into()),
-            "vault_disable_challenge_verification" => {
-                self.vault_disable_challenge_verification = Some(parse_bool(&name, &v)?)
-            }
-            n if is_generic(n) => {}
-            n => bail!("unknown option {n:?} (known: {})", NAMES.join(", ")),
+        if self.set_known(&name, value)? || is_generic(&name) {
+            return Ok(());
         }
-        Ok(())
+        bail!(
+            "unknown option {name:?} (known: {})",
+            names().collect::<Vec<_>>().join(", ")
+        )
     }
 
     /// Apply a comma-separated `-o` list. Returns the `config=` path if any.
@@ -275,7 +408,7 @@ impl Settings {
         if let Some(a) = env("AZURE_STORAGE_ACCOUNT") {
             s.account = Some(a);
         }
-        for name in NAMES {
+        for name in names() {
             if let Some(v) = env(&format!("CPKFS_{}", name.to_ascii_uppercase())) {
                 s.set(name, &v)
                     .with_context(|| format!("in CPKFS_{}", name.to_ascii_uppercase()))?;
@@ -287,45 +420,6 @@ impl Settings {
             }
         }
         Ok(s)
-    }
-
-    /// Overlay: every value set in `hi` wins.
-    pub fn overlay(self, hi: Settings) -> Settings {
-        macro_rules! pick {
-            ($($f:ident),*) => { Settings { $($f: hi.$f.or(self.$f)),* } };
-        }
-        pick!(
-            endpoint,
-            account,
-            container,
-            account_key_file,
-            sas_token_file,
-            cpk_file,
-            cpk_sha256,
-            ca_file,
-            block_size,
-            cache_size,
-            disk_cache_dir,
-            disk_cache_size,
-            attr_ttl,
-            log_level,
-            log_file,
-            read_only,
-            allow_other,
-            allow_open_key_files,
-            create_container,
-            nonempty,
-            foreground,
-            uid,
-            gid,
-            umask,
-            conflict,
-            retry_attempts,
-            retry_max_delay,
-            account_key_secret,
-            vault_ca_file,
-            vault_disable_challenge_verification
-        )
     }
 }
 
@@ -361,30 +455,87 @@ mod tests {
         assert_eq!(s.block_size.unwrap().bytes().unwrap(), 4 << 20);
         assert_eq!(s.cache_size.unwrap().bytes().unwrap(), 1024);
         assert_eq!(s.read_only, Some(false));
-        assert_eq!(s.disk_cache_dir, None, "the disk tier is off by default");
     }
 
+    /// docs/CONFIGURATION.md's settings table is made from the declarations
+    /// (name, env, default, meaning): a setting added, renamed or re-documented
+    /// here must be there too.
     #[test]
-    fn disk_cache_settings_from_every_source() {
-        let file = Settings::from_toml(
-            "disk_cache_dir = \"/var/cache/cpkfs\"\ndisk_cache_size = \"4G\"\n",
+    fn configuration_md_table_is_the_declared_settings() {
+        let doc = include_str!("../../docs/CONFIGURATION.md");
+        let table = markdown_table();
+        assert!(
+            doc.contains(&table),
+            "docs/CONFIGURATION.md's settings table differs from src/cli/settings.rs; it should read:\n{table}"
+        );
+    }
+
+    /// Every declared setting is a flag, an `-o` option and a CPKFS_ variable,
+    /// and switches stand alone or take a value.
+    #[test]
+    fn every_setting_is_a_flag_an_option_and_an_env_var() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            f: SettingFlags,
+            rest: Option<String>,
+        }
+        let t = T::try_parse_from([
             "t",
+            "--read-only",
+            "--block-size",
+            "1M",
+            "--nonempty=false",
+            "/m",
+        ])
+        .unwrap();
+        assert_eq!(
+            t.rest.as_deref(),
+            Some("/m"),
+            "a switch took the positional"
+        );
+        assert_eq!(
+            t.f.given(),
+            [
+                ("block_size", "1M"),
+                ("read_only", "true"),
+                ("nonempty", "false")
+            ]
+        );
+        for spec in SETTINGS {
+            let v = match spec.name {
+                "block_size" | "cache_size" | "disk_cache_size" => "1M",
+                "attr_ttl" | "retry_max_delay" | "uid" | "gid" | "retry_attempts" => "3",
+                "umask" => "022",
+                "conflict" => "overwrite",
+                n if Settings::default().set_known(n, "true").is_ok() => "true",
+                _ => "x",
+            };
+            let mut a = Settings::default();
+            a.set(spec.name, v).unwrap();
+            let env = Settings::from_env(&|k| {
+                (k == format!("CPKFS_{}", spec.name.to_ascii_uppercase())).then(|| v.to_string())
+            })
+            .unwrap();
+            assert_eq!(a, env, "{}", spec.name);
+            assert_ne!(a, Settings::default(), "{} stored nothing", spec.name);
+            let flag = format!("--{}={v}", spec.name.replace('_', "-"));
+            let t = T::try_parse_from(["t", &flag]).unwrap();
+            assert_eq!(t.f.given(), [(spec.name, v)], "{flag}");
+        }
+    }
+
+    /// The sample config file of the docs is valid as shipped.
+    #[test]
+    fn example_toml_parses_and_validates() {
+        let s = Settings::from_toml(
+            include_str!("../../docs/cpkfs.example.toml"),
+            "docs/cpkfs.example.toml",
         )
         .unwrap();
-        assert_eq!(file.disk_cache_dir, Some(PathBuf::from("/var/cache/cpkfs")));
-        assert_eq!(
-            file.disk_cache_size.clone().unwrap().bytes().unwrap(),
-            4 << 30
-        );
-        let env =
-            Settings::from_env(&|k| (k == "CPKFS_DISK_CACHE_SIZE").then(|| "512M".to_string()))
-                .unwrap();
-        let mut opts = Settings::default();
-        opts.apply_o("disk_cache_dir=/tmp/dc").unwrap();
-        let s = file.overlay(env).overlay(opts);
-        assert_eq!(s.disk_cache_dir, Some(PathBuf::from("/tmp/dc")));
-        assert_eq!(s.disk_cache_size.unwrap().bytes().unwrap(), 512 << 20);
-        assert!(Settings::default().set("disk_cache_size", "lots").is_err());
+        s.validate().unwrap();
+        assert!(s.container.is_some(), "{s:?}");
     }
 
     #[test]

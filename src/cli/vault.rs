@@ -147,18 +147,30 @@ pub struct KeygenArgs {
     /// Replace FILE if it exists.
     #[arg(long)]
     pub force: bool,
-    /// Extra CA (PEM) to trust for the vault, e.g. the emulator's.
-    #[arg(long, value_name = "FILE", env = "CPKFS_VAULT_CA_FILE")]
-    pub vault_ca_file: Option<PathBuf>,
-    /// Skip the check that the vault is in the domain its challenge names (emulators only).
-    // From the environment it takes what people write: 1/0, true/false,
-    // yes/no, on/off (as every other boolean setting does).
-    #[arg(
-        long,
-        env = "CPKFS_VAULT_DISABLE_CHALLENGE_VERIFICATION",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub vault_disable_challenge_verification: bool,
+    /// Extra CA (PEM) to trust for the vault, e.g. the emulator's (the
+    /// setting vault_ca_file; also CPKFS_VAULT_CA_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub vault_ca_file: Option<String>,
+    /// Skip the check that the vault is in the domain its challenge names,
+    /// emulators only (the setting vault_disable_challenge_verification).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub vault_disable_challenge_verification: Option<String>,
+}
+
+impl KeygenArgs {
+    /// The settings keygen uses, read as a mount reads them (environment,
+    /// then these flags), so a value means the same everywhere.
+    pub fn settings(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
+        let mut s = Settings::from_env(env)?;
+        if let Some(v) = &self.vault_ca_file {
+            s.set("vault_ca_file", v)?;
+        }
+        if let Some(v) = &self.vault_disable_challenge_verification {
+            s.set("vault_disable_challenge_verification", v)?;
+        }
+        s.validate()?;
+        Ok(s)
+    }
 }
 
 fn write_0600(path: &Path, text: &str, force: bool) -> Result<()> {
@@ -192,10 +204,11 @@ pub fn keygen(a: KeygenArgs) -> Result<()> {
     let text = match &a.wrap_with {
         None => SecretString::new(STANDARD.encode(*raw) + "\n"),
         Some(url) => {
+            let s = a.settings(&|k| std::env::var(k).ok())?;
             let opts = vault_options(
-                a.vault_ca_file.as_deref(),
+                s.vault_ca_file.as_deref(),
                 None,
-                a.vault_disable_challenge_verification,
+                s.vault_disable_challenge_verification.unwrap_or(false),
             )?;
             let source = TokenSource::from_env(&|k| std::env::var(k).ok())?;
             let vault = BlockingVault::new(|| VaultClient::new(source, opts))?;

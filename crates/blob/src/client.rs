@@ -9,6 +9,7 @@ use super::error::{BlobError, ServiceError, TransportKind};
 use super::models::*;
 use super::retry::{retry_after, status_is_retryable, RetryPolicy};
 use super::signing::string_to_sign;
+use super::stats::RequestStats;
 use super::xml;
 use super::{API_VERSION, SOURCE_CPK_VERSION};
 use bytes::Bytes;
@@ -71,6 +72,8 @@ struct Inner {
     cpk: Option<Arc<CustomerKey>>,
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
+    /// What this client (and every clone) sent and met.
+    stats: Arc<RequestStats>,
 }
 
 /// A client bound to one container. Cheap to clone.
@@ -280,6 +283,15 @@ fn was_retried(e: &BlobError) -> bool {
     e.service().is_some_and(|s| s.attempts > 1)
 }
 
+/// How one attempt of a request ended, short of a final failure.
+enum Attempt {
+    Done(reqwest::Response),
+    /// The account key was refused and another one is now in use: resend.
+    KeySwitched,
+    /// A failure worth retrying, with the service's Retry-After if any.
+    Transient(BlobError, Option<Duration>),
+}
+
 impl BlobClient {
     pub fn new(cfg: ClientConfig) -> Result<Self, BlobError> {
         let endpoint = Endpoint::new(&cfg.endpoint, &cfg.account).map_err(BlobError::Config)?;
@@ -319,6 +331,7 @@ impl BlobClient {
                 cpk: cfg.cpk,
                 retry: cfg.retry,
                 clock: cfg.clock,
+                stats: Arc::new(RequestStats::default()),
             }),
         })
     }
@@ -339,6 +352,33 @@ impl BlobClient {
     }
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+
+    /// The request counters of this client and its clones.
+    pub fn stats(&self) -> &Arc<RequestStats> {
+        &self.inner.stats
+    }
+
+    /// Remember a request that ends in `err` (a final failure, not a retry).
+    fn record_failure(&self, err: &BlobError) {
+        let f = match err {
+            BlobError::Service(s) => RequestStats::failure_now(
+                s.operation,
+                &s.resource,
+                Some(s.status),
+                s.code.as_deref(),
+                s.request_id.as_deref(),
+                s.attempts,
+            ),
+            BlobError::Transport {
+                operation,
+                resource,
+                attempts,
+                ..
+            } => RequestStats::failure_now(operation, resource, None, None, None, *attempts),
+            _ => return,
+        };
+        self.inner.stats.failed(f);
     }
 
     fn blob_url(&self, name: &str, query: &[(&str, &str)]) -> Url {
@@ -429,6 +469,7 @@ impl BlobClient {
             // Error bodies are small; cap what we read.
             resp.bytes().await.unwrap_or_default()
         };
+        RequestStats::add(&self.inner.stats.op(call.op).bytes_in, body.len() as u64);
         let parsed = xml::parse_error(&body);
         let code = header_str(&headers, "x-ms-error-code")
             .map(str::to_string)
@@ -467,116 +508,132 @@ impl BlobClient {
         let mut tried_keys: Vec<AccountKey> = Vec::new();
         loop {
             attempt += 1;
-            let account_key = match &self.inner.credential {
-                Credential::SharedKey(c) => Some(c.current().1),
-                Credential::Sas(_) => None,
+            let (last_err, retry_wait) = match self
+                .attempt(&call, attempt, started, &mut tried_keys)
+                .await?
+            {
+                Attempt::Done(resp) => return Ok(resp),
+                Attempt::KeySwitched => {
+                    attempt -= 1; // a key switch is not a transient-failure retry
+                    continue;
+                }
+                Attempt::Transient(err, wait) => (err, wait),
             };
-            let (url, headers) = self.prepare(&call, account_key.as_ref())?;
-            let req = self
-                .inner
-                .http
-                .request(call.method.clone(), url)
-                .headers(headers)
-                .body(call.body.clone());
-            let t0 = Instant::now();
-            let sent = tokio::time::timeout(policy.attempt_timeout, req.send()).await;
-            let retry_wait: Option<Duration>;
-            let last_err: BlobError;
-            match sent {
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    let rid = header_str(resp.headers(), "x-ms-request-id")
-                        .unwrap_or("-")
-                        .to_string();
-                    tracing::debug!(
-                        op = call.op,
-                        resource = %call.resource,
-                        status = status.as_u16(),
-                        request_id = %rid,
-                        attempt,
-                        elapsed_ms = t0.elapsed().as_millis() as u64,
-                        "blob request"
-                    );
-                    if status.is_success() || status == StatusCode::NOT_MODIFIED {
-                        return Ok(resp);
-                    }
-                    let (mut err, ra) = self.service_error(&call, resp).await;
-                    err.attempts = attempt;
-                    if err.mac_mismatch {
-                        if let (Credential::SharedKey(cred), Some(k)) =
-                            (&self.inner.credential, &account_key)
-                        {
-                            if cred.rotate_after_failure(k, &mut tried_keys).is_some() {
-                                attempt -= 1; // a key switch is not a transient-failure retry
-                                continue;
-                            }
-                        }
-                    }
-                    if !status_is_retryable(err.status) {
-                        tracing::debug!(error = %err, "blob request failed");
-                        return Err(BlobError::Service(Box::new(err)));
-                    }
-                    retry_wait = ra;
-                    last_err = BlobError::Service(Box::new(err));
-                }
-                Ok(Err(e)) => {
-                    let kind = transport_kind(&e);
-                    let retryable = match kind {
-                        TransportKind::Tls => false,
-                        TransportKind::Connect => true,
-                        TransportKind::Timeout | TransportKind::Io => call.idempotent,
-                    };
-                    last_err = BlobError::Transport {
-                        operation: call.op,
-                        resource: call.resource.clone(),
-                        kind,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        source: Box::new(e),
-                    };
-                    if !retryable {
-                        return Err(last_err);
-                    }
-                    retry_wait = None;
-                }
-                Err(_) => {
-                    last_err = BlobError::Transport {
-                        operation: call.op,
-                        resource: call.resource.clone(),
-                        kind: TransportKind::Timeout,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        source: format!("no response within {:?}", policy.attempt_timeout).into(),
-                    };
-                    if !call.idempotent {
-                        return Err(last_err);
-                    }
-                    retry_wait = None;
-                }
-            }
             let delay = policy.delay(attempt, retry_wait);
             if attempt >= policy.max_attempts || started.elapsed() + delay > policy.deadline {
                 tracing::warn!(op = call.op, resource = %call.resource, attempts = attempt, error = %last_err, "giving up");
-                return Err(match last_err {
-                    BlobError::Transport {
-                        operation,
-                        resource,
-                        kind,
-                        source,
-                        ..
-                    } => BlobError::Transport {
-                        operation,
-                        resource,
-                        kind,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        source,
-                    },
-                    other => other,
-                });
+                let final_err = last_err.with_attempts(attempt, started.elapsed());
+                self.record_failure(&final_err);
+                return Err(final_err);
             }
+            RequestStats::add(&self.inner.stats.op(call.op).retries, 1);
             tracing::info!(op = call.op, resource = %call.resource, attempt, delay_ms = delay.as_millis() as u64, error = %last_err, "retrying");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt of `call`: sent with the current account key, its answer
+    /// classified. A final failure is returned as `Err` (and recorded).
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        attempt: u32,
+        started: Instant,
+        tried_keys: &mut Vec<AccountKey>,
+    ) -> Result<Attempt, BlobError> {
+        let policy = &self.inner.retry;
+        let counters = self.inner.stats.op(call.op);
+        let account_key = match &self.inner.credential {
+            Credential::SharedKey(c) => Some(c.current().1),
+            Credential::Sas(_) => None,
+        };
+        let (url, headers) = self.prepare(call, account_key.as_ref())?;
+        let req = self
+            .inner
+            .http
+            .request(call.method.clone(), url)
+            .headers(headers)
+            .body(call.body.clone());
+        RequestStats::add(&counters.requests, 1);
+        RequestStats::add(&counters.bytes_out, call.body.len() as u64);
+        let t0 = Instant::now();
+        let transport =
+            |kind, source: Box<dyn std::error::Error + Send + Sync>| BlobError::Transport {
+                operation: call.op,
+                resource: call.resource.clone(),
+                kind,
+                attempts: attempt,
+                elapsed: started.elapsed(),
+                source,
+            };
+        let fail = |err: BlobError| {
+            self.record_failure(&err);
+            Err(err)
+        };
+        match tokio::time::timeout(policy.attempt_timeout, req.send()).await {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                tracing::debug!(
+                    op = call.op,
+                    resource = %call.resource,
+                    status = status.as_u16(),
+                    request_id = %header_str(resp.headers(), "x-ms-request-id").unwrap_or("-"),
+                    attempt,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "blob request"
+                );
+                if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                    return Ok(Attempt::Done(resp));
+                }
+                let (mut err, retry_after) = self.service_error(call, resp).await;
+                err.attempts = attempt;
+                if err.mac_mismatch {
+                    if let (Credential::SharedKey(cred), Some(k)) =
+                        (&self.inner.credential, &account_key)
+                    {
+                        if cred.rotate_after_failure(k, tried_keys).is_some() {
+                            RequestStats::add(&self.inner.stats.key_switches, 1);
+                            return Ok(Attempt::KeySwitched);
+                        }
+                    }
+                }
+                if !status_is_retryable(err.status) {
+                    tracing::debug!(error = %err, "blob request failed");
+                    return fail(BlobError::Service(Box::new(err)));
+                }
+                RequestStats::add(&counters.faults, 1);
+                Ok(Attempt::Transient(
+                    BlobError::Service(Box::new(err)),
+                    retry_after,
+                ))
+            }
+            Ok(Err(e)) => {
+                let kind = transport_kind(&e);
+                let retryable = match kind {
+                    TransportKind::Tls => false,
+                    TransportKind::Connect => true,
+                    TransportKind::Timeout | TransportKind::Io => call.idempotent,
+                };
+                if kind != TransportKind::Tls {
+                    RequestStats::add(&counters.faults, 1);
+                }
+                let err = transport(kind, Box::new(e));
+                if !retryable {
+                    return fail(err);
+                }
+                Ok(Attempt::Transient(err, None))
+            }
+            Err(_) => {
+                RequestStats::add(&counters.faults, 1);
+                let err = transport(
+                    TransportKind::Timeout,
+                    format!("no response within {:?}", policy.attempt_timeout).into(),
+                );
+                if !call.idempotent {
+                    return fail(err);
+                }
+                Ok(Attempt::Transient(err, None))
+            }
         }
     }
 
@@ -631,8 +688,14 @@ impl BlobClient {
         if let Some(m) = &max {
             q.push(("maxresults", m));
         }
-        if opts.include_metadata {
-            q.push(("include", "metadata"));
+        let include = match (opts.include_metadata, opts.include_uncommitted) {
+            (true, true) => Some("metadata,uncommittedblobs"),
+            (true, false) => Some("metadata"),
+            (false, true) => Some("uncommittedblobs"),
+            (false, false) => None,
+        };
+        if let Some(i) = include {
+            q.push(("include", i));
         }
         let call = Call::new(
             "ListBlobs",
@@ -668,25 +731,34 @@ impl BlobClient {
             attempt += 1;
             let resp = self.execute(call.clone()).await?;
             let headers = resp.headers().clone();
+            let counters = self.inner.stats.op(call.op);
             match resp.bytes().await {
-                Ok(b) => return Ok((headers, b)),
+                Ok(b) => {
+                    RequestStats::add(&counters.bytes_in, b.len() as u64);
+                    return Ok((headers, b));
+                }
                 Err(e)
                     if attempt < self.inner.retry.max_attempts
                         && started.elapsed() < self.inner.retry.deadline =>
                 {
+                    RequestStats::add(&counters.faults, 1);
+                    RequestStats::add(&counters.retries, 1);
                     let delay = self.inner.retry.delay(attempt, None);
                     tracing::info!(op = call.op, resource = %call.resource, attempt, error = %e, "response body cut off; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    return Err(BlobError::Transport {
+                    RequestStats::add(&counters.faults, 1);
+                    let err = BlobError::Transport {
                         operation: call.op,
                         resource: call.resource.clone(),
                         kind: transport_kind(&e),
                         attempts: attempt,
                         elapsed: started.elapsed(),
                         source: Box::new(e),
-                    })
+                    };
+                    self.record_failure(&err);
+                    return Err(err);
                 }
             }
         }
@@ -1249,6 +1321,10 @@ impl BlobDownload {
                             c
                         };
                         self.offset += c.len() as u64;
+                        RequestStats::add(
+                            &self.client.inner.stats.op("GetBlob").bytes_in,
+                            c.len() as u64,
+                        );
                         return Ok(Some(c));
                     }
                     Ok(None) => "the connection ended before the promised length".to_string(),
@@ -1258,16 +1334,21 @@ impl BlobDownload {
             };
             self.resp = None;
             self.resumes += 1;
+            let counters = self.client.inner.stats.op("GetBlob");
+            RequestStats::add(&counters.faults, 1);
             if self.resumes > self.client.inner.retry.max_attempts {
-                return Err(BlobError::Transport {
+                let err = BlobError::Transport {
                     operation: "GetBlob",
                     resource: self.client.res(&self.name),
                     kind: TransportKind::Io,
                     attempts: self.resumes,
                     elapsed: Duration::ZERO,
                     source: err.into(),
-                });
+                };
+                self.client.record_failure(&err);
+                return Err(err);
             }
+            RequestStats::add(&counters.retries, 1);
             tracing::info!(blob = %self.name, offset = self.offset, error = %err, "download interrupted; resuming");
             let range = ByteRange::new(self.offset, self.end);
             match self

@@ -4,7 +4,9 @@
 //! - [`cpk`]: customer-provided keys
 //! - [`endpoint`]: URL building; [`xml`]: response bodies; [`models`]: data
 //! - [`retry`]: what is retried and how long to wait; [`error`]: typed errors
-//! - [`client`]: one method per REST operation; [`upload`]: streamed uploads
+//! - [`client`]: one method per REST operation; [`upload`]: streamed uploads;
+//!   [`server_copy`]: copies and re-keying inside the service
+//! - [`stats`]: request counters per operation, kept by the client
 
 pub mod block_id;
 pub mod client;
@@ -18,7 +20,9 @@ pub mod models;
 pub mod retry;
 pub mod sas;
 pub mod secret;
+pub mod server_copy;
 pub mod signing;
+pub mod stats;
 pub mod upload;
 pub mod xml;
 
@@ -31,6 +35,8 @@ pub use credentials::{AccountKey, Credential, CredentialError, SasToken, SharedK
 pub use error::{BlobError, ServiceError, TransportKind};
 pub use models::*;
 pub use retry::RetryPolicy;
+pub use server_copy::ServerCopy;
+pub use stats::{RequestSnapshot, RequestStats};
 pub use upload::UploadOptions;
 
 /// The service version every request pins (reference §1.2): CPK, CRC-64 and

@@ -50,6 +50,9 @@ pub struct ListOptions {
     pub marker: Option<String>,
     pub max_results: Option<u32>,
     pub include_metadata: bool,
+    /// Also list blobs that have only uncommitted blocks (a writer staged
+    /// blocks and never committed): `include=uncommittedblobs`.
+    pub include_uncommitted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,12 @@ use std::cmp::Ordering;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 use sha2::Sha256;
+use std::time::Duration;
+
+use super::error::ApiError;
+use super::server::Shared;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -354,6 +358,214 @@ pub fn parse_sas_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
+}
+
+/// Verify Shared Key or SAS. Returns the SAS `sv` for SAS requests. Also checks the
+/// SAS of a copy source (`from_url.rs`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn authenticate(
+    shared: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    raw_path: &str,
+    account: &str,
+    container: &str,
+    blob: &str,
+    op: &str,
+) -> Result<Option<String>, ApiError> {
+    let keys: Option<Vec<Vec<u8>>> = {
+        let st = shared.state.lock().unwrap();
+        st.accounts.get(account).map(|a| a.keys.to_vec())
+    };
+    if let Some(authz) = headers.get("authorization") {
+        let authz = authz.to_str().unwrap_or("");
+        check_shared_key(keys, authz, method, headers, query, raw_path, account)?;
+        return Ok(None);
+    }
+    let Some(sas) = Sas::from_query(query) else {
+        return Err(ApiError::no_auth());
+    };
+    let Some(keys) = keys else {
+        return Err(ApiError::auth_failed(Some(
+            "The specified account does not exist.".into(),
+        )));
+    };
+    check_sas_signature(&sas, &keys, account, container, blob)?;
+    check_sas_times(&sas)?;
+    if sas.spr == "https" && !shared.tls {
+        return Err(ApiError::new(
+            403,
+            "AuthorizationProtocolMismatch",
+            "This request is not authorized to perform this operation using this protocol.",
+        ));
+    }
+    check_sas_scope(&sas, container, blob)?;
+    check_sas_permission(&sas, op)?;
+    Ok(Some(sas.sv.clone()))
+}
+
+/// Shared Key: the account named in the header, a date within 15 minutes,
+/// and an HMAC of the string-to-sign under either account key (§2.1–2.4).
+fn check_shared_key(
+    keys: Option<Vec<Vec<u8>>>,
+    authz: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+    raw_path: &str,
+    account: &str,
+) -> Result<(), ApiError> {
+    let Some((acct, sig)) = parse_shared_key(authz) else {
+        return Err(ApiError::auth_failed(Some(format!(
+            "The authorization header '{authz}' is not supported or malformed."
+        ))));
+    };
+    let Some(keys) = keys.filter(|_| acct == account) else {
+        return Err(ApiError::auth_failed(Some(format!(
+            "The account '{acct}' does not exist or does not match the request URI."
+        ))));
+    };
+    let date = headers
+        .get("x-ms-date")
+        .or_else(|| headers.get("date"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Ok(t) = httpdate::parse_http_date(date) else {
+        return Err(ApiError::auth_failed(Some(
+            "Request date header not specified or invalid.".to_string(),
+        )));
+    };
+    let now = std::time::SystemTime::now();
+    if let Ok(age) = now.duration_since(t) {
+        if age > Duration::from_secs(15 * 60) {
+            return Err(ApiError::auth_failed(Some(format!(
+                "Request date header too old: '{date}'"
+            ))));
+        }
+    } else if t.duration_since(now).unwrap_or_default() > Duration::from_secs(15 * 60) {
+        return Err(ApiError::auth_failed(Some(format!(
+            "Request date header too far in the future: '{date}'"
+        ))));
+    }
+    let sts = string_to_sign(method.as_str(), headers, account, raw_path, query);
+    if !signature_matches(&keys, &sts, &sig) {
+        return Err(ApiError::auth_failed(Some(format!(
+            "The MAC signature found in the HTTP request '{sig}' is not the same as any computed signature. Server used following string to sign: '{sts}'."
+        ))));
+    }
+    Ok(())
+}
+
+/// A SAS's signature under either account key, over the account or service
+/// string-to-sign of the resource it names.
+fn check_sas_signature(
+    sas: &Sas,
+    keys: &[Vec<u8>],
+    account: &str,
+    container: &str,
+    blob: &str,
+) -> Result<(), ApiError> {
+    let sts = if sas.is_account() {
+        sas.account_sts(account)
+    } else {
+        let mut res = format!("/blob/{account}/{container}");
+        if sas.sr.as_deref() != Some("c") && !blob.is_empty() {
+            res.push('/');
+            res.push_str(blob);
+        }
+        sas.service_sts(&res)
+    };
+    if !signature_matches(keys, &sts, &sas.sig) {
+        return Err(ApiError::auth_failed(Some(format!(
+            "Signature did not match. String to sign used was {sts}"
+        ))));
+    }
+    Ok(())
+}
+
+/// Not expired, and not starting more than 15 minutes from now.
+fn check_sas_times(sas: &Sas) -> Result<(), ApiError> {
+    let now = chrono::Utc::now();
+    let se = parse_sas_time(&sas.se)
+        .ok_or_else(|| ApiError::auth_failed(Some("Signed expiry time is invalid.".into())))?;
+    if now > se {
+        return Err(ApiError::auth_failed(Some(format!(
+            "Signed expiry time [{}] has to be after signed start time and current time.",
+            sas.se
+        ))));
+    }
+    if !sas.st.is_empty() {
+        let st = parse_sas_time(&sas.st)
+            .ok_or_else(|| ApiError::auth_failed(Some("Signed start time is invalid.".into())))?;
+        if now + chrono::Duration::minutes(15) < st {
+            return Err(ApiError::auth_failed(Some(format!(
+                "Signed start time [{}] is in the future.",
+                sas.st
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// The SAS covers the blob service and the kind of resource asked for.
+fn check_sas_scope(sas: &Sas, container: &str, blob: &str) -> Result<(), ApiError> {
+    let wrong_type = || {
+        ApiError::new(
+            403,
+            "AuthorizationResourceTypeMismatch",
+            "This request is not authorized to perform this operation using this resource type.",
+        )
+    };
+    if sas.is_account() {
+        if !sas.ss.as_deref().unwrap_or("").contains('b') {
+            return Err(ApiError::new(
+                403,
+                "AuthorizationServiceMismatch",
+                "This request is not authorized to perform this operation using this service.",
+            ));
+        }
+        let need = if container.is_empty() {
+            's'
+        } else if blob.is_empty() {
+            'c'
+        } else {
+            'o'
+        };
+        if !sas.srt.as_deref().unwrap_or("").contains(need) {
+            return Err(wrong_type());
+        }
+    } else if sas.sr.as_deref() == Some("b") && blob.is_empty() {
+        return Err(wrong_type());
+    }
+    Ok(())
+}
+
+/// The SAS grants a permission the operation needs.
+fn check_sas_permission(sas: &Sas, op: &str) -> Result<(), ApiError> {
+    let allowed: &[char] = match op {
+        "GetBlob"
+        | "GetBlobProperties"
+        | "GetBlockList"
+        | "GetContainerProperties"
+        | "GetBlobMetadata"
+        | "GetContainerMetadata" => &['r'],
+        "PutBlob" | "PutBlock" | "PutBlockList" | "CopyBlob" | "PutBlobFromUrl"
+        | "PutBlockFromUrl" => &['w', 'c'],
+        "SetBlobMetadata" | "SetBlobProperties" | "SetContainerMetadata" => &['w'],
+        "CreateContainer" => &['c', 'w'],
+        "DeleteBlob" | "DeleteContainer" => &['d'],
+        "ListBlobs" | "ListContainers" => &['l'],
+        _ => &[],
+    };
+    if !allowed.iter().any(|c| sas.sp.contains(*c)) {
+        return Err(ApiError::new(
+            403,
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission.",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,17 +21,16 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use chrono::Utc;
 use http::{HeaderMap, Method, Response};
 
 use super::cpk::{self, CpkKey};
 use super::error::ApiError;
 use super::ops::{
-    blob_props, check_conditions, container_mut, etag_headers, parse_metadata, parse_range,
-    persist_blob, request_cpk, segments, stage_block, write_cpk_headers, R,
+    blob_props, block_id, container_mut, etag_headers, parse_metadata, parse_range, request_cpk,
+    segments, stage_block, store_whole_blob, write_cpk_headers, R,
 };
 use super::server::{empty, Req, Shared};
-use super::store::{new_etag, Block, Committed};
+use super::store::{Block, Committed};
 
 /// The first service version that accepts source keys on the From-URL operations.
 pub const SOURCE_CPK_VERSION: &str = "2026-02-06";
@@ -182,7 +181,7 @@ fn authorize_source(shared: &Shared, req: &Req, s: &SourceRef) -> Result<(), Api
             )),
         };
     }
-    super::server::authenticate(
+    super::auth::authenticate(
         shared,
         &Method::GET,
         &HeaderMap::new(),
@@ -430,50 +429,34 @@ pub async fn put_blob_from_url(shared: &Shared, req: Req) -> R {
     } else {
         src.props.clone()
     };
-    let mut st = shared.state.lock().unwrap();
-    let cont = container_mut(&mut st, &req)?;
-    let entry = cont.blobs.entry(req.blob.clone()).or_default();
-    if let Err(e) = check_conditions(&req, entry.committed.as_deref(), false) {
-        if entry.committed.is_none() && entry.uncommitted.is_empty() {
-            cont.blobs.remove(&req.blob);
-        }
-        return Err(e);
-    }
-    let now = Utc::now();
-    let committed = Committed {
+    let committed = store_whole_blob(
+        shared,
+        &req,
         blocks,
-        size: src.size,
+        src.size,
         props,
         metadata,
-        key_sha: key.as_ref().map(|k| k.sha.clone()),
-        etag: new_etag(),
-        last_modified: now,
-        created: entry.committed.as_ref().map(|c| c.created).unwrap_or(now),
-        copy: None,
-    };
-    let mut resp = etag_headers(Response::builder().status(201), &committed.etag, &now)
-        .header("content-length", "0");
+        key.as_ref(),
+    )?;
+    let mut resp = etag_headers(
+        Response::builder().status(201),
+        &committed.etag,
+        &committed.last_modified,
+    )
+    .header("content-length", "0");
     if let Some(crc) = crc {
         resp = resp.header("x-ms-content-crc64", B64.encode(crc.to_le_bytes()));
     }
     if let Some(m) = &committed.props.content_md5 {
         resp = resp.header("content-md5", m.as_str());
     }
-    entry.committed = Some(Arc::new(committed));
-    entry.uncommitted.clear();
-    persist_blob(shared, &req, Some(entry))?;
     Ok(write_cpk_headers(resp, key.as_ref()).body(empty()).unwrap())
 }
 
 /// `PUT /{c}/{b}?comp=block&blockid=…` with `x-ms-copy-source` (and optionally
 /// `x-ms-source-range: bytes=a-b`).
 pub async fn put_block_from_url(shared: &Shared, req: Req) -> R {
-    let id = req.q("blockid").unwrap_or("").to_string();
-    let decoded = B64
-        .decode(&id)
-        .ok()
-        .filter(|d| !id.is_empty() && d.len() <= 64)
-        .ok_or_else(|| ApiError::invalid_query("blockid", &id, "Not a valid base64 string."))?;
+    let (id, decoded) = block_id(&req)?;
     if !req.body.is_empty() {
         return Err(ApiError::invalid_header(
             "Content-Length",

@@ -776,6 +776,14 @@ fn list_blobs(shared: &Shared, req: Req) -> R {
                         }
                     }
                     None => {
+                        // Only uncommitted blocks: Last-Modified is when the
+                        // last one was staged.
+                        if let Some(t) = &e.staged_at {
+                            x.push_str(&format!(
+                                "<Creation-Time>{0}</Creation-Time><Last-Modified>{0}</Last-Modified>",
+                                rfc1123(t)
+                            ));
+                        }
                         x.push_str("<Content-Length>0</Content-Length><BlobType>BlockBlob</BlobType><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>");
                         if inc_meta {
                             x.push_str("<Metadata />");
@@ -997,39 +1005,21 @@ fn get_block_list(shared: &Shared, req: Req) -> R {
         .ok_or_else(ApiError::blob_not_found)?;
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
     if want_c {
-        let blocks: Vec<_> = e
+        let blocks = e
             .committed
             .iter()
             .flat_map(|c| c.blocks.iter())
             .filter(|(id, _)| !id.is_empty())
-            .collect();
-        if blocks.is_empty() {
-            x.push_str("<CommittedBlocks />");
-        } else {
-            x.push_str("<CommittedBlocks>");
-            for (id, b) in blocks {
-                x.push_str(&format!(
-                    "<Block><Name>{id}</Name><Size>{}</Size></Block>",
-                    b.len
-                ));
-            }
-            x.push_str("</CommittedBlocks>");
-        }
+            .map(|(id, b)| (id.as_str(), b.len));
+        push_block_list(&mut x, "CommittedBlocks", blocks);
     }
     if want_u {
         let blocks = e.uncommitted_sorted();
-        if blocks.is_empty() {
-            x.push_str("<UncommittedBlocks />");
-        } else {
-            x.push_str("<UncommittedBlocks>");
-            for (id, b) in blocks {
-                x.push_str(&format!(
-                    "<Block><Name>{id}</Name><Size>{}</Size></Block>",
-                    b.len
-                ));
-            }
-            x.push_str("</UncommittedBlocks>");
-        }
+        push_block_list(
+            &mut x,
+            "UncommittedBlocks",
+            blocks.iter().map(|(id, b)| (id.as_str(), b.len)),
+        );
     }
     x.push_str("</BlockList>");
     let mut b = Response::builder()
@@ -1079,44 +1069,72 @@ fn put_blob(shared: &Shared, mut req: Req) -> R {
         let enc = req.body_encrypted.take();
         vec![(String::new(), make_block(shared, body, enc, key.as_ref())?)]
     };
+    let committed = store_whole_blob(shared, &req, blocks, size, props, metadata, key.as_ref())?;
+    let resp = etag_headers(
+        Response::builder().status(201),
+        &committed.etag,
+        &committed.last_modified,
+    )
+    .header("content-md5", md5)
+    .header("x-ms-content-crc64", crc)
+    .header("content-length", "0");
+    Ok(write_cpk_headers(resp, key.as_ref()).body(empty()).unwrap())
+}
+
+/// Replace the blob's content as one commit (Put Blob, Put Blob From URL):
+/// the request's conditions are checked against the current version, a blob
+/// created only for the check is not left behind, staged blocks are dropped,
+/// and the new version is persisted. Returns it.
+pub fn store_whole_blob(
+    shared: &Shared,
+    req: &Req,
+    blocks: Vec<(String, Arc<Block>)>,
+    size: u64,
+    props: Props,
+    metadata: Vec<(String, String)>,
+    key: Option<&CpkKey>,
+) -> Result<Arc<Committed>, ApiError> {
     let mut st = shared.state.lock().unwrap();
-    let cont = container_mut(&mut st, &req)?;
+    let cont = container_mut(&mut st, req)?;
     let entry = cont.blobs.entry(req.blob.clone()).or_default();
-    if let Err(e) = check_conditions(&req, entry.committed.as_deref(), false) {
+    if let Err(e) = check_conditions(req, entry.committed.as_deref(), false) {
         if entry.committed.is_none() && entry.uncommitted.is_empty() {
             cont.blobs.remove(&req.blob);
         }
         return Err(e);
     }
     let now = Utc::now();
-    let committed = Committed {
+    let committed = Arc::new(Committed {
         blocks,
         size,
         props,
         metadata,
-        key_sha: key.as_ref().map(|k| k.sha.clone()),
+        key_sha: key.map(|k| k.sha.clone()),
         etag: new_etag(),
         last_modified: now,
         created: entry.committed.as_ref().map(|c| c.created).unwrap_or(now),
         copy: None,
-    };
-    let resp = etag_headers(Response::builder().status(201), &committed.etag, &now)
-        .header("content-md5", md5)
-        .header("x-ms-content-crc64", crc)
-        .header("content-length", "0");
-    entry.committed = Some(Arc::new(committed));
+    });
+    entry.committed = Some(committed.clone());
     entry.uncommitted.clear();
-    persist_blob(shared, &req, Some(entry))?;
-    Ok(write_cpk_headers(resp, key.as_ref()).body(empty()).unwrap())
+    persist_blob(shared, req, Some(entry))?;
+    Ok(committed)
 }
 
-fn put_block(shared: &Shared, mut req: Req) -> R {
+/// The `blockid` query of Put Block / Put Block From URL: base64 of at most
+/// 64 bytes. Returns it as sent and decoded.
+pub fn block_id(req: &Req) -> Result<(String, Vec<u8>), ApiError> {
     let id = req.q("blockid").unwrap_or("").to_string();
     let decoded = B64
         .decode(&id)
         .ok()
         .filter(|d| !id.is_empty() && d.len() <= 64)
         .ok_or_else(|| ApiError::invalid_query("blockid", &id, "Not a valid base64 string."))?;
+    Ok((id, decoded))
+}
+
+fn put_block(shared: &Shared, mut req: Req) -> R {
+    let (id, decoded) = block_id(&req)?;
     let key = request_cpk(shared, &req, true)?;
     {
         let mut st = shared.state.lock().unwrap();
@@ -1179,6 +1197,7 @@ pub(crate) fn stage_block(
         return Err(e);
     }
     entry.uncommitted.insert(id, (next_seq(), block));
+    entry.staged_at = Some(Utc::now());
     persist_blob(shared, req, Some(entry))
 }
 
@@ -1497,6 +1516,26 @@ fn copy_blob(shared: &Shared, req: Req) -> R {
     entry.uncommitted.clear();
     persist_blob(shared, &req, Some(entry))?;
     Ok(resp.body(empty()).unwrap())
+}
+
+/// `<Tag><Block><Name>id</Name><Size>n</Size></Block>…</Tag>`, or `<Tag />`
+/// when there are none (Get Block List's two lists).
+fn push_block_list<'a>(x: &mut String, tag: &str, blocks: impl Iterator<Item = (&'a str, u64)>) {
+    let start = x.len();
+    x.push_str(&format!("<{tag}>"));
+    let mut any = false;
+    for (id, len) in blocks {
+        any = true;
+        x.push_str(&format!(
+            "<Block><Name>{id}</Name><Size>{len}</Size></Block>"
+        ));
+    }
+    if any {
+        x.push_str(&format!("</{tag}>"));
+    } else {
+        x.truncate(start);
+        x.push_str(&format!("<{tag} />"));
+    }
 }
 
 #[cfg(test)]

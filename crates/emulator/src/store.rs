@@ -122,6 +122,10 @@ pub struct BlobEntry {
     pub committed: Option<Arc<Committed>>,
     /// id → (upload sequence, block)
     pub uncommitted: HashMap<String, (u64, Arc<Block>)>,
+    /// When a block was last staged: a blob with only uncommitted blocks is
+    /// listed (`include=uncommittedblobs`) with it as Last-Modified, which is
+    /// how a cleaner tells a crashed writer's leftovers from a live upload.
+    pub staged_at: Option<DateTime<Utc>>,
 }
 
 impl BlobEntry {
@@ -221,6 +225,9 @@ struct BlobMeta {
     name: String,
     committed: Option<CommittedMeta>,
     uncommitted: Vec<BlockMeta>,
+    /// Milliseconds since the epoch (absent in older data directories).
+    #[serde(default)]
+    staged_at_ms: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -369,6 +376,7 @@ impl Disk {
                 .iter()
                 .map(|(id, (seq, b))| Self::block_meta(id, b, *seq))
                 .collect(),
+            staged_at_ms: entry.staged_at.map(|t| t.timestamp_millis()),
         };
         write_atomic(&path, &serde_json::to_vec(&meta).map_err(io::Error::other)?)
     }
@@ -419,7 +427,12 @@ impl Disk {
                                 key_sha: m.key_sha.clone(),
                             })
                         };
-                        let mut entry = BlobEntry::default();
+                        let mut entry = BlobEntry {
+                            staged_at: bm
+                                .staged_at_ms
+                                .and_then(DateTime::<Utc>::from_timestamp_millis),
+                            ..Default::default()
+                        };
                         if let Some(c) = bm.committed {
                             entry.committed = Some(Arc::new(Committed {
                                 blocks: c

@@ -1,8 +1,11 @@
 //! The block cache: an LRU of fixed-size blocks bounded in bytes, keyed by
 //! (blob name, ETag, block index, key hash) so bytes of two versions never
 //! mix. Concurrent requests for the same block share one fetch. With a disk
-//! tier (`disk_cache.rs`), blocks evicted from memory are sealed to disk and
-//! a memory miss looks there before the network.
+//! tier (`disk_cache/`), blocks evicted from memory are sealed to disk and a
+//! memory miss looks there before the network. Hits and misses
+//! are counted for `cpkfs stats`: a miss is a block fetched from below the
+//! cache (read-ahead included), a hit a block served without a new fetch
+//! (joining a fetch already under way counts as a hit).
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -11,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::disk_cache::{DiskCache, DiskCacheStats};
+use super::stats::TierCounters;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BlockKey {
@@ -35,6 +39,7 @@ struct Inner {
 pub struct BlockCache {
     inner: Mutex<Inner>,
     capacity: usize,
+    counters: TierCounters,
     disk: Option<Arc<DiskCache>>,
 }
 
@@ -58,6 +63,7 @@ impl BlockCache {
                 inflight: HashMap::new(),
             }),
             capacity: capacity_bytes,
+            counters: TierCounters::default(),
             disk,
         }
     }
@@ -75,6 +81,22 @@ impl BlockCache {
     /// Whether the disk tier holds `key` (a read of it costs no request).
     pub fn on_disk(&self, key: &BlockKey) -> bool {
         self.disk.as_ref().is_some_and(|d| d.holds(key))
+    }
+
+    /// Hits and misses so far.
+    pub fn counters(&self) -> &TierCounters {
+        &self.counters
+    }
+
+    /// A read's look into the cache: like [`get`](Self::get), counted as a
+    /// hit or a miss.
+    pub fn lookup(&self, key: &BlockKey) -> Option<Bytes> {
+        let b = self.get(key);
+        match &b {
+            Some(_) => self.counters.hit(),
+            None => self.counters.miss(),
+        }
+        b
     }
 
     pub fn capacity(&self) -> usize {
@@ -147,11 +169,16 @@ impl BlockCache {
         let fut = {
             let mut g = self.inner.lock().unwrap();
             if let Some(b) = g.lru.get(&key) {
+                self.counters.hit();
                 return Ok(b.clone());
             }
             match g.inflight.get(&key) {
-                Some(f) => f.clone(),
+                Some(f) => {
+                    self.counters.hit();
+                    f.clone()
+                }
                 None => {
+                    self.counters.miss();
                     let net = fetch();
                     let f = match self.disk.clone() {
                         // The disk tier first; the network only if it
@@ -258,5 +285,12 @@ mod tests {
             assert_eq!(&t.await.unwrap().unwrap()[..], b"block");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // One fetch: one miss; the seven that joined it were served without one.
+        assert_eq!(c.counters().misses.load(Ordering::Relaxed), 1);
+        assert_eq!(c.counters().hits.load(Ordering::Relaxed), 7);
+        assert!(c.lookup(&key(7)).is_some());
+        assert!(c.lookup(&key(8)).is_none());
+        assert_eq!(c.counters().hits.load(Ordering::Relaxed), 8);
+        assert_eq!(c.counters().misses.load(Ordering::Relaxed), 2);
     }
 }

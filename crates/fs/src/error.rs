@@ -67,6 +67,17 @@ impl FsError {
         }
     }
 
+    /// The blob was replaced while it was read under a pinned ETag: a copy's
+    /// source (412 `SourceConditionNotMet`), a pinned range read (412
+    /// `ConditionNotMet`), or a download that saw the ETag move.
+    pub fn is_source_changed(&self) -> bool {
+        match self {
+            FsError::Blob(BlobError::Service(s)) => s.status == 412,
+            FsError::Blob(BlobError::Changed { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// Expected outcomes (a lookup miss) are not worth a warning.
     pub fn is_quiet(&self) -> bool {
         matches!(

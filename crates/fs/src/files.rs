@@ -264,7 +264,19 @@ impl Fs {
                 h.delivered.store(true, Ordering::Relaxed);
                 Ok(b)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if matches!(e, FsError::Stale(_)) {
+                    // This handle keeps failing (it has returned bytes of the
+                    // old version), but the next open must not trust the
+                    // cached attributes — nor serve the old version's cached
+                    // blocks before failing in the same way.
+                    let mut st = node.state.lock().unwrap();
+                    if st.etag.as_deref() == Some(etag.as_str()) {
+                        st.expires = Instant::now();
+                    }
+                }
+                Err(e)
+            }
         }
     }
 
@@ -347,7 +359,7 @@ impl Fs {
             // otherwise fetch just the bytes asked for (without a disk tier).
             let key = self.block_key(path, etag, first, cpk.as_deref());
             let s = (offset - first * b) as usize;
-            if let Some(block) = self.cache.get(&key) {
+            if let Some(block) = self.cache.lookup(&key) {
                 return Ok(block.slice(s..s + (end - offset) as usize));
             }
             // With a disk tier, a missed block is fetched whole and cached
@@ -1045,5 +1057,44 @@ mod tests {
         let mut want = data.clone();
         want.extend_from_slice(&data[..100]);
         assert!(got[..] == want[..], "copy_file_range: wrong content");
+    }
+
+    /// A descriptor that has returned bytes of one version fails with ESTALE
+    /// once the blob is replaced (or re-keyed) under it; the next open must
+    /// read the new version whole, not the old version's cached blocks.
+    #[tokio::test]
+    async fn reopen_after_estale_reads_the_new_version() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let key = Arc::new(CustomerKey::from_raw([7; 32]));
+        let v1: Vec<u8> = (0..16 * 65536u32).map(|i| (i % 251) as u8).collect();
+        let v2: Vec<u8> = (0..16 * 65536u32).map(|i| (i % 241) as u8).collect();
+        let (e, fh) = fs.create(1, "r", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, fh, 0, &v1).await.unwrap();
+        fs.release(e.ino, fh).await.unwrap();
+
+        let a = fs.open(e.ino, false, false).await.unwrap();
+        assert_eq!(
+            &fs.read(e.ino, a, 0, 65536).await.unwrap()[..],
+            &v1[..65536]
+        );
+        fs.client
+            .put_blob("r", v2.clone().into(), &Default::default(), Some(&key))
+            .await
+            .unwrap();
+        let err = fs.read(e.ino, a, 15 * 65536, 65536).await.unwrap_err();
+        assert_eq!(err.errno(), libc::ESTALE, "{err}");
+        fs.release(e.ino, a).await.unwrap();
+
+        let b = fs.open(e.ino, false, false).await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let chunk = fs.read(e.ino, b, got.len() as u64, 65536).await.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        fs.release(e.ino, b).await.unwrap();
+        assert!(got == v2, "the reopened file is not the new version");
     }
 }

@@ -11,6 +11,7 @@ mod files;
 pub mod inode;
 pub mod keyring;
 mod namespace;
+pub mod stats;
 pub mod write;
 
 use attr::{Attr, AttrDefaults, Kind};
@@ -139,6 +140,8 @@ pub struct Fs {
     /// the source key, service version 2026-02-06): learnt from the first attempt,
     /// once per mount (`namespace.rs`).
     server_copy: namespace::ServerCopy,
+    /// Operations, errors and bytes, for `cpkfs stats`.
+    stats: stats::MountStats,
 }
 
 /// Names the service cannot store or that would break the tree.
@@ -197,6 +200,25 @@ impl Fs {
                 }
             }
         });
+        let mount_stats = stats::MountStats::default();
+        if let Some(d) = &disk {
+            // `cpkfs stats` reads the disk tier's own counters. Weak: the
+            // statistics must not keep the tier (and its directory) alive.
+            let d = Arc::downgrade(d);
+            mount_stats.set_disk_tier(Arc::new(move || {
+                d.upgrade()
+                    .map(|d| {
+                        let s = d.stats();
+                        stats::TierStat {
+                            hits: s.hits,
+                            misses: s.misses,
+                            bytes: Some(s.bytes),
+                            capacity: Some(s.capacity),
+                        }
+                    })
+                    .unwrap_or_default()
+            }));
+        }
         Arc::new(Fs {
             client,
             key,
@@ -212,6 +234,7 @@ impl Fs {
             )),
             deferred_deletes: Mutex::new(HashMap::new()),
             server_copy: namespace::ServerCopy::default(),
+            stats: mount_stats,
         })
     }
 
@@ -223,6 +246,76 @@ impl Fs {
     }
     pub fn cache(&self) -> &BlockCache {
         &self.cache
+    }
+    pub fn stats(&self) -> &stats::MountStats {
+        &self.stats
+    }
+
+    /// The blob path of an inode ("" for the root), if it is known.
+    pub fn path_for(&self, ino: u64) -> Option<String> {
+        self.inodes.path(ino)
+    }
+
+    /// Everything `cpkfs stats` shows, now. Takes no lock that a request
+    /// holds across the network: a file whose write lock is busy (a write or
+    /// commit under way) counts as having pending writes.
+    pub fn stats_snapshot(&self) -> stats::StatsSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let requests = self.client.stats().snapshot();
+        let account_key = match self.client.credential() {
+            cpkfs_blob::Credential::SharedKey(c) => stats::AccountKeyInUse::SharedKey {
+                in_use: c.current().0 + 1,
+                of: c.key_count(),
+            },
+            cpkfs_blob::Credential::Sas(_) => stats::AccountKeyInUse::Sas,
+        };
+        let keys = stats::KeysInUse {
+            account_key,
+            cpk_sha256: self.cfg.keyring.current().map(|k| k.sha256().to_string()),
+            older_cpk_sha256: self
+                .cfg
+                .keyring
+                .older()
+                .iter()
+                .map(|k| k.sha256().to_string())
+                .collect(),
+        };
+        let pending: Vec<String> = self
+            .inodes
+            .all()
+            .into_iter()
+            .filter(|n| match n.write.try_lock() {
+                Ok(w) => w.as_ref().is_some_and(|ws| ws.is_dirty()),
+                Err(_) => true,
+            })
+            .filter_map(|n| self.inodes.path(n.ino))
+            .collect();
+        let cache = self.cache.stats();
+        let counters = self.cache.counters();
+        stats::StatsSnapshot {
+            version: stats::SNAPSHOT_VERSION,
+            container: self.client.container().to_string(),
+            uptime_secs: self.stats.uptime_secs(),
+            keys,
+            operations: self.stats.operations(),
+            errors_by_kind: self.stats.error_kinds(),
+            memory_cache: stats::TierStat {
+                hits: counters.hits.load(Relaxed),
+                misses: counters.misses.load(Relaxed),
+                bytes: Some(cache.bytes as u64),
+                capacity: Some(self.cache.capacity() as u64),
+            },
+            disk_cache: self.stats.disk_tier(),
+            bytes: stats::ByteCounts {
+                read_by_apps: self.stats.bytes_read.load(Relaxed),
+                written_by_apps: self.stats.bytes_written.load(Relaxed),
+                from_azure: requests.total.bytes_in,
+                to_azure: requests.total.bytes_out,
+            },
+            requests,
+            pending_writes: stats::PendingWrites::from_paths(pending),
+            last_errors: self.stats.recent_errors(),
+        }
     }
 
     fn node(&self, ino: u64) -> FsResult<Arc<Inode>> {
@@ -576,6 +669,7 @@ impl Fs {
             marker: h.marker.clone(),
             max_results: Some(5000),
             include_metadata: true,
+            ..Default::default()
         };
         let mut page = self.client.list_blobs(&opts).await?;
         self.reveal_cpk_metadata(&mut page.blobs).await;
@@ -805,26 +899,55 @@ pub(crate) mod pause {
     use std::sync::Mutex;
     use tokio::sync::oneshot;
 
-    type Gate = (&'static str, oneshot::Sender<()>, oneshot::Receiver<()>);
+    /// (point, subject, reached, resume); a `None` subject matches any.
+    type Gate = (
+        &'static str,
+        Option<String>,
+        oneshot::Sender<()>,
+        oneshot::Receiver<()>,
+    );
     static GATES: Mutex<Vec<Gate>> = Mutex::new(Vec::new());
 
     /// The next task reaching `point` signals the first receiver, then waits
     /// until the returned sender is used.
     pub fn arm(point: &'static str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        arm_gate(point, None)
+    }
+
+    /// As [`arm`], for the next task reaching `point` about `subject` only
+    /// (tests run in parallel in one process: a name keeps them apart).
+    pub fn arm_on(
+        point: &'static str,
+        subject: &str,
+    ) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        arm_gate(point, Some(subject.to_string()))
+    }
+
+    fn arm_gate(
+        point: &'static str,
+        subject: Option<String>,
+    ) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (resume_tx, resume_rx) = oneshot::channel();
-        GATES.lock().unwrap().push((point, reached_tx, resume_rx));
+        GATES
+            .lock()
+            .unwrap()
+            .push((point, subject, reached_tx, resume_rx));
         (reached_rx, resume_tx)
     }
 
     pub async fn point(name: &'static str) {
+        point_on(name, "").await
+    }
+
+    pub async fn point_on(name: &'static str, subject: &str) {
         let gate = {
             let mut g = GATES.lock().unwrap();
             g.iter()
-                .position(|(n, ..)| *n == name)
+                .position(|(n, s, ..)| *n == name && s.as_deref().is_none_or(|s| s == subject))
                 .map(|i| g.swap_remove(i))
         };
-        if let Some((_, reached, resume)) = gate {
+        if let Some((_, _, reached, resume)) = gate {
             let _ = reached.send(());
             let _ = resume.await;
         }

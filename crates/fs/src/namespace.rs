@@ -1,6 +1,6 @@
 //! Namespace operations: mkdir, rmdir, unlink, symlink, readlink, rename.
 
-use super::attr::{Attr, Kind};
+use super::attr::{Attr, Kind, META_CTIME};
 use super::error::{FsError, FsResult};
 use super::inode::InodeState;
 use super::{check_name, join, Entry, Fs};
@@ -12,12 +12,9 @@ use cpkfs_blob::{
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Instant, SystemTime};
 
-/// Put Blob From URL copies up to 5,000 MiB in one request.
-const MAX_PUT_BLOB_FROM_URL: u64 = 5000 << 20;
-/// Larger blobs are copied as Put Block From URL ranges of this size (the
-/// service allows 4,000 MiB; smaller ranges keep each request well inside the
-/// client's per-attempt timeout).
-const FROM_URL_BLOCK: u64 = 256 << 20;
+/// Copies of a CPK blob whose source keeps changing under the copy, before
+/// the rename gives up with ESTALE.
+const COPY_ATTEMPTS: u32 = 3;
 
 /// What the mount knows about server-side copies of CPK blobs.
 pub(crate) struct ServerCopy(AtomicU8);
@@ -94,27 +91,7 @@ impl Fs {
         self.must_not_exist(parent, name).await?;
         let path = join(&self.path_of(parent)?, name);
         let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
-        // Markers are written without the CPK so listings (which hide CPK
-        // blobs' metadata) still show `hdi_isfolder`; they hold no data.
-        let opts = CommitOptions {
-            content_type: None,
-            metadata: attr.to_metadata(),
-            conditions: Conditions::default(),
-        };
-        let r = self
-            .client
-            .put_blob(&path, Bytes::new(), &opts, None)
-            .await?;
-        let node = self.inodes.upsert(
-            parent,
-            name,
-            self.child_state(parent, name, attr, r.etag, None),
-        );
-        self.dir_changed(parent);
-        Ok(Entry {
-            ino: node.ino,
-            attr,
-        })
+        self.store_keyless_node(parent, name, &path, attr).await
     }
 
     /// A FIFO, character or block device or unix socket: a zero-byte blob
@@ -154,6 +131,20 @@ impl Fs {
             },
             ..Attr::new(kind, (perm & 0o7777) as u16, uid, gid)
         };
+        self.store_keyless_node(parent, name, &path, attr).await
+    }
+
+    /// Write a zero-byte blob whose metadata is the whole node (a directory
+    /// marker or a special file) and enter it in the tree. Written without
+    /// the CPK so listings, which hide CPK blobs' metadata, still show what
+    /// it is; such blobs hold no data.
+    async fn store_keyless_node(
+        &self,
+        parent: u64,
+        name: &str,
+        path: &str,
+        attr: Attr,
+    ) -> FsResult<Entry> {
         let opts = CommitOptions {
             content_type: None,
             metadata: attr.to_metadata(),
@@ -161,7 +152,7 @@ impl Fs {
         };
         let r = self
             .client
-            .put_blob(&path, Bytes::new(), &opts, None)
+            .put_blob(path, Bytes::new(), &opts, None)
             .await?;
         let node = self.inodes.upsert(
             parent,
@@ -355,7 +346,7 @@ impl Fs {
         Ok(b)
     }
 
-    /// Copy a CPK blob to `dst` inside the service: one Put Blob From URL (≤ 5,000
+    /// Copy a CPK blob to `dst` inside the service: one Put Blob From URL (≤ 256
     /// MiB) or Put Block From URL per range + Put Block List, reading the source
     /// with its own key (`src_key`, from the ring) and writing with the mount's
     /// current key — a blob under an old key is re-keyed on the way. The source is
@@ -379,33 +370,17 @@ impl Fs {
             key: src_key,
             if_match: Some(&props.etag),
         };
-        let key = self.key.as_deref();
-        let res = if props.content_length <= MAX_PUT_BLOB_FROM_URL {
-            self.client
-                .put_blob_from_url(dst, &source, opts, key)
-                .await
-                .map(|(w, _)| w.etag)
-        } else {
-            async {
-                let ids = BlockIdGen::new();
-                let mut refs = vec![];
-                let mut off = 0;
-                while off < props.content_length {
-                    let end = (off + FROM_URL_BLOCK).min(props.content_length);
-                    let id = ids.id(refs.len() as u64);
-                    self.client
-                        .put_block_from_url(dst, &id, &source, ByteRange::new(off, end), key)
-                        .await?;
-                    refs.push(BlockRef::Uncommitted(id));
-                    off = end;
-                }
-                self.client
-                    .put_block_list(dst, &refs, opts, key)
-                    .await
-                    .map(|w| w.etag)
-            }
+        let res = self
+            .client
+            .copy_from_url(
+                dst,
+                &source,
+                props.content_length,
+                opts,
+                self.key.as_deref(),
+            )
             .await
-        };
+            .map(|c| c.write.etag);
         match res {
             Ok(etag) => {
                 self.server_copy.record(true);
@@ -431,98 +406,152 @@ impl Fs {
     /// mount's key.
     /// `set`: metadata to store over the source's (a non-CPK copy then
     /// stores exactly it).
+    /// Returns the copy's ETag and, for CPK blobs, the ETag of the source
+    /// version that was copied (the caller deletes exactly that version).
     async fn copy_one(
         &self,
         src: &str,
         dst: &str,
         cpk_sha256: Option<&str>,
         set: Option<&cpkfs_blob::Metadata>,
-    ) -> FsResult<String> {
+        known: Option<&str>,
+    ) -> FsResult<(String, Option<String>)> {
         match cpk_sha256 {
-            None => {
-                let r = self.client.copy_blob(dst, src, set).await?;
-                let mut status = r.copy_status.clone();
-                let mut etag = r.etag.clone();
-                let deadline = Instant::now() + std::time::Duration::from_secs(600);
-                while status.as_deref() == Some("pending") {
-                    if Instant::now() > deadline {
-                        return Err(FsError::Failed(format!(
-                            "copy of {src} to {dst} still pending after 10 minutes"
-                        )));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    let p = self
-                        .client
-                        .get_blob_properties(dst, None, &Conditions::default())
-                        .await?;
-                    etag = Some(p.etag.clone());
-                    status = p.copy_status.clone();
-                    if status.as_deref() == Some("failed") || status.as_deref() == Some("aborted") {
-                        return Err(FsError::Failed(format!(
-                            "copy of {src} to {dst} {}",
-                            status.unwrap_or_default()
-                        )));
-                    }
-                }
-                Ok(etag.unwrap_or_default())
-            }
+            None => Ok((self.copy_plain(src, dst, set).await?, None)),
             Some(h) => {
-                let key = self.key_for(src, Some(h))?;
-                let props = self
-                    .client
-                    .get_blob_properties(src, key.as_deref(), &Conditions::default())
-                    .await?;
-                let mut metadata = props.metadata.clone();
-                metadata.extend(set.cloned().unwrap_or_default());
-                let opts = CommitOptions {
-                    content_type: props.content_type.clone(),
-                    metadata,
-                    conditions: Conditions::default(),
-                };
-                if let Some(etag) = self
-                    .copy_on_server(src, dst, &props, key.as_deref(), &opts)
-                    .await?
-                {
-                    return Ok(etag);
+                // A CPK copy is pinned to one version of the source, so a
+                // writer replacing the source mid-copy fails it (412) rather
+                // than mixing versions. The rename is of the name, not of a
+                // version: copy the new version instead, a few times, before
+                // giving up with ESTALE.
+                let mut attempt = 1;
+                loop {
+                    match self.copy_cpk(src, dst, h, set, known).await {
+                        Err(e) if e.is_source_changed() && attempt < COPY_ATTEMPTS => {
+                            tracing::info!(from = %src, to = %dst, attempt, "the source changed during the copy; copying its new version");
+                            attempt += 1;
+                        }
+                        Err(e) if e.is_source_changed() => {
+                            return Err(FsError::Stale(format!(
+                                "{src} kept changing while it was being renamed ({COPY_ATTEMPTS} attempts): {e}"
+                            )))
+                        }
+                        r => return r.map(|(etag, source)| (etag, Some(source))),
+                    }
                 }
-                let cond = Conditions::if_match(props.etag.clone());
-                let b = self.cfg.block_size;
-                if props.content_length <= b {
-                    let (data, _) = self
-                        .client
-                        .read_range(src, ByteRange::from(0), key.as_deref(), &cond)
-                        .await?;
-                    return Ok(self
-                        .client
-                        .put_blob(dst, data, &opts, self.key.as_deref())
-                        .await?
-                        .etag);
-                }
-                let ids = BlockIdGen::new();
-                let mut refs = vec![];
-                let mut off = 0;
-                let mut seq = 0;
-                while off < props.content_length {
-                    let end = (off + b).min(props.content_length);
-                    let (data, _) = self
-                        .client
-                        .read_range(src, ByteRange::new(off, end), key.as_deref(), &cond)
-                        .await?;
-                    let id = ids.id(seq);
-                    seq += 1;
-                    self.client
-                        .put_block(dst, &id, data, self.key.as_deref())
-                        .await?;
-                    refs.push(BlockRef::Uncommitted(id));
-                    off = end;
-                }
-                Ok(self
-                    .client
-                    .put_block_list(dst, &refs, &opts, self.key.as_deref())
-                    .await?
-                    .etag)
             }
         }
+    }
+
+    /// Server-side Copy Blob of a blob without CPK, waiting for a pending copy.
+    async fn copy_plain(
+        &self,
+        src: &str,
+        dst: &str,
+        set: Option<&cpkfs_blob::Metadata>,
+    ) -> FsResult<String> {
+        let r = self.client.copy_blob(dst, src, set).await?;
+        let mut status = r.copy_status.clone();
+        let mut etag = r.etag.clone();
+        let deadline = Instant::now() + std::time::Duration::from_secs(600);
+        while status.as_deref() == Some("pending") {
+            if Instant::now() > deadline {
+                return Err(FsError::Failed(format!(
+                    "copy of {src} to {dst} still pending after 10 minutes"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let p = self
+                .client
+                .get_blob_properties(dst, None, &Conditions::default())
+                .await?;
+            etag = Some(p.etag.clone());
+            status = p.copy_status.clone();
+            if status.as_deref() == Some("failed") || status.as_deref() == Some("aborted") {
+                return Err(FsError::Failed(format!(
+                    "copy of {src} to {dst} {}",
+                    status.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(etag.unwrap_or_default())
+    }
+
+    /// One attempt at copying the current version of a CPK blob: on the
+    /// server where it can, else streamed. Every read of the source is pinned
+    /// to the ETag its HEAD gave. Returns (copy's ETag, source ETag copied).
+    /// `set` describes version `known` (the one the mount knew); another
+    /// version keeps its own metadata, and only gets the rename's ctime.
+    async fn copy_cpk(
+        &self,
+        src: &str,
+        dst: &str,
+        cpk_sha256: &str,
+        set: Option<&cpkfs_blob::Metadata>,
+        known: Option<&str>,
+    ) -> FsResult<(String, String)> {
+        let key = self.key_for(src, Some(cpk_sha256))?;
+        let props = self
+            .client
+            .get_blob_properties(src, key.as_deref(), &Conditions::default())
+            .await?;
+        #[cfg(test)]
+        super::pause::point_on("copy: source read", src).await;
+        let mut metadata = props.metadata.clone();
+        if let Some(set) = set {
+            if known.is_none_or(|k| k == props.etag) {
+                metadata.extend(set.clone());
+            } else if let Some(ctime) = set.get(META_CTIME) {
+                metadata.insert(META_CTIME.into(), ctime.clone());
+            }
+        }
+        let opts = CommitOptions {
+            content_type: props.content_type.clone(),
+            metadata,
+            conditions: Conditions::default(),
+        };
+        if let Some(etag) = self
+            .copy_on_server(src, dst, &props, key.as_deref(), &opts)
+            .await?
+        {
+            return Ok((etag, props.etag));
+        }
+        let cond = Conditions::if_match(props.etag.clone());
+        let b = self.cfg.block_size;
+        if props.content_length <= b {
+            let (data, _) = self
+                .client
+                .read_range(src, ByteRange::from(0), key.as_deref(), &cond)
+                .await?;
+            let w = self
+                .client
+                .put_blob(dst, data, &opts, self.key.as_deref())
+                .await?;
+            return Ok((w.etag, props.etag));
+        }
+        let ids = BlockIdGen::new();
+        let mut refs = vec![];
+        let mut off = 0;
+        let mut seq = 0;
+        while off < props.content_length {
+            let end = (off + b).min(props.content_length);
+            let (data, _) = self
+                .client
+                .read_range(src, ByteRange::new(off, end), key.as_deref(), &cond)
+                .await?;
+            let id = ids.id(seq);
+            seq += 1;
+            self.client
+                .put_block(dst, &id, data, self.key.as_deref())
+                .await?;
+            refs.push(BlockRef::Uncommitted(id));
+            off = end;
+        }
+        let w = self
+            .client
+            .put_block_list(dst, &refs, &opts, self.key.as_deref())
+            .await?;
+        Ok((w.etag, props.etag))
     }
 
     pub async fn rename(
@@ -601,12 +630,22 @@ impl Fs {
             let ctime = SystemTime::now();
             let set = (s.meta_known && (s.cpk_sha256.is_some() || s.attr.kind.is_special()))
                 .then(|| Attr { ctime, ..s.attr }.to_metadata());
-            let new_etag = self
-                .copy_one(&src_path, &dst_path, s.cpk_sha256.as_deref(), set.as_ref())
+            let (new_etag, copied) = self
+                .copy_one(
+                    &src_path,
+                    &dst_path,
+                    s.cpk_sha256.as_deref(),
+                    set.as_ref(),
+                    Some(etag.as_str()),
+                )
                 .await?;
+            // Delete exactly the version that was copied: a source replaced
+            // after the copy keeps its name (412), and nothing is lost.
+            let copied = copied.unwrap_or_else(|| etag.clone());
+            let other_version = copied != *etag;
             match self
                 .client
-                .delete_blob(&src_path, &Conditions::if_match(etag.clone()))
+                .delete_blob(&src_path, &Conditions::if_match(copied))
                 .await
             {
                 Ok(()) => {}
@@ -619,6 +658,12 @@ impl Fs {
             let mut st = node.state.lock().unwrap();
             st.etag = Some(new_etag.clone());
             st.local_etag = Some(new_etag);
+            if other_version {
+                // The blob moved was not the version this inode described
+                // (replaced elsewhere or during the copy): re-learn it.
+                st.expires = Instant::now();
+                st.meta_known = false;
+            }
             if st.cpk_sha256.is_some() {
                 st.cpk_sha256 = self.key.as_ref().map(|k| k.sha256().to_string());
             }
@@ -661,11 +706,16 @@ impl Fs {
             for b in page.blobs {
                 let to = format!("{dst}{}", &b.name[src.len()..]);
                 let res = async {
-                    self.copy_one(&b.name, &to, b.properties.cpk_sha256.as_deref(), None)
+                    let (_, copied) = self
+                        .copy_one(&b.name, &to, b.properties.cpk_sha256.as_deref(), None, None)
                         .await?;
+                    // Only the version copied (or, for a Copy Blob, the one
+                    // listed) is deleted: a blob rewritten meanwhile keeps
+                    // its old name and is reported, not lost.
+                    let copied = copied.unwrap_or_else(|| b.properties.etag.clone());
                     match self
                         .client
-                        .delete_blob(&b.name, &Conditions::default())
+                        .delete_blob(&b.name, &Conditions::if_match(copied))
                         .await
                     {
                         Ok(()) => Ok(()),
@@ -690,7 +740,7 @@ impl Fs {
             .await
         {
             Ok(_) => {
-                self.copy_one(src, dst, None, None).await?;
+                self.copy_one(src, dst, None, None, None).await?;
                 let _ = self.client.delete_blob(src, &Conditions::default()).await;
             }
             Err(e) if e.is_not_found() => {
@@ -977,5 +1027,58 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.is_not_found(), "{e}");
+    }
+
+    /// A source replaced between the copy's HEAD and the copy itself (the
+    /// pause point holds the rename there): the pinned copy fails, the rename
+    /// copies the new version whole, on the server and when streaming, and
+    /// deletes exactly that version. No mixed data, nothing left behind.
+    #[tokio::test]
+    async fn rename_of_a_source_replaced_mid_copy_moves_the_new_version_whole() {
+        for (name, cfg) in [
+            ("mid-copy-server", EmulatorConfig::default()),
+            (
+                "mid-copy-stream",
+                EmulatorConfig {
+                    source_cpk: false,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let s = setup(cfg).await;
+            let v1 = pattern(3 * 256 * 1024 + 7, 5);
+            let v2 = pattern(2 * 256 * 1024 + 3, 6);
+            s.write_file(1, name, &v1).await;
+            let (reached, resume) = crate::pause::arm_on("copy: source read", name);
+            let writer = async {
+                reached.await.unwrap();
+                s.old
+                    .put_blob(
+                        name,
+                        bytes::Bytes::from(v2.clone()),
+                        &CommitOptions::default(),
+                        Some(&s.current),
+                    )
+                    .await
+                    .unwrap();
+                resume.send(()).unwrap();
+            };
+            s.reset_stats().await;
+            let (r, ()) = tokio::join!(s.fs.rename(1, name, 1, "moved", false), writer);
+            r.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let st = s.stats().await;
+            // Two HEADs: the first copy was refused, the second copied v2.
+            assert_eq!(st["requests"]["GetBlobProperties"], 2, "{name}: {st}");
+            if name == "mid-copy-server" {
+                assert_eq!(st["requests"]["PutBlobFromUrl"], 2, "{st}");
+            }
+            assert!(s.read_file(1, "moved").await == v2, "{name}: not v2 whole");
+            let e = s
+                .old
+                .get_blob_properties(name, Some(&s.current), &Conditions::default())
+                .await
+                .unwrap_err();
+            assert!(e.is_not_found(), "{name}: source left behind: {e}");
+        }
     }
 }

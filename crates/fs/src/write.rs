@@ -633,6 +633,9 @@ impl WriteSession {
         }
     }
 
+    /// Commit the session: wait for blocks in flight, then either one Put
+    /// Blob (a small file made only of local bytes) or stage every block not
+    /// staged yet and commit the list.
     async fn commit_inner(
         &mut self,
         ctx: &WriteContext,
@@ -641,7 +644,45 @@ impl WriteSession {
         key: Option<&Arc<CustomerKey>>,
     ) -> FsResult<WriteResult> {
         self.ensure_layout(ctx, name).await?;
-        // Wait for blocks in flight.
+        self.await_uploads().await?;
+        opts.conditions = self.commit_conditions(ctx);
+        if let Some(body) = self.small_body(ctx.block_size) {
+            return self.commit_small(ctx, name, body, opts, key).await;
+        }
+        self.split_into_blocks(ctx.block_size);
+        if self.extents.len() > MAX_BLOCKS {
+            return Err(FsError::TooLarge(format!(
+                "{name}: {} blocks exceed Azure's limit of {MAX_BLOCKS}",
+                self.extents.len()
+            )));
+        }
+        let keyref = key.map(|k| &**k);
+        self.stage_zero_blocks(ctx, name, keyref).await?;
+        self.stage_pending(ctx, name, keyref).await?;
+        let refs = self.block_refs();
+        let r = ctx
+            .client
+            .put_block_list(name, &refs, &opts, keyref)
+            .await
+            .map_err(|e| {
+                if is_conflict(&e) {
+                    // The staged blocks belong to this blob name and cannot be
+                    // committed under another one: the version is not kept.
+                    FsError::Conflict {
+                        path: name.to_string(),
+                        saved_as: None,
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        self.mark_committed(refs);
+        Ok(r)
+    }
+
+    /// Stage 1: every block upload started early has finished (or failed the
+    /// commit).
+    async fn await_uploads(&mut self) -> FsResult<()> {
         for e in self.extents.iter_mut() {
             if let ExtState::Uploading(..) = e.state {
                 let ExtState::Uploading(id, task) =
@@ -658,50 +699,69 @@ impl WriteSession {
                 }
             }
         }
-        // A small file made only of local bytes goes up in one Put Blob.
+        Ok(())
+    }
+
+    /// Stage 2: the whole content, if the file is at most one block and made
+    /// only of local bytes (dirty or zero): it then goes up in one Put Blob.
+    fn small_body(&self, block_size: u64) -> Option<Bytes> {
         let all_local = self
             .extents
             .iter()
             .all(|e| matches!(e.state, ExtState::Dirty(_) | ExtState::Zero));
-        if all_local && self.size <= ctx.block_size {
-            let mut body = BytesMut::with_capacity(self.size as usize);
-            for e in &self.extents {
-                match &e.state {
-                    ExtState::Dirty(b) => body.extend_from_slice(b),
-                    _ => body.resize(body.len() + e.len as usize, 0),
-                }
-            }
-            opts.conditions = self.commit_conditions(ctx);
-            let body = body.freeze();
-            let r = match ctx
-                .client
-                .put_blob(name, body.clone(), &opts, key.map(|k| &**k))
-                .await
-            {
-                Err(e) if is_conflict(&e) => {
-                    // Another writer got there first: keep both versions —
-                    // theirs under the name, ours beside it — and fail close.
-                    let saved = save_beside(ctx, name, body, opts, key).await?;
-                    return Err(FsError::Conflict {
-                        path: name.to_string(),
-                        saved_as: Some(saved),
-                    });
-                }
-                other => other?,
-            };
-            // The blob has no committed block list: later edits copy it.
-            self.extents = vec![];
-            self.layout_known = self.size == 0;
-            return Ok(r);
+        if !all_local || self.size > block_size {
+            return None;
         }
-        // Split zero and remote extents into block-sized pieces.
+        let mut body = BytesMut::with_capacity(self.size as usize);
+        for e in &self.extents {
+            match &e.state {
+                ExtState::Dirty(b) => body.extend_from_slice(b),
+                _ => body.resize(body.len() + e.len as usize, 0),
+            }
+        }
+        Some(body.freeze())
+    }
+
+    /// Stage 2': one Put Blob of `body`. On a conflict with another writer,
+    /// keep both versions — theirs under the name, ours beside it — and fail.
+    async fn commit_small(
+        &mut self,
+        ctx: &WriteContext,
+        name: &str,
+        body: Bytes,
+        opts: CommitOptions,
+        key: Option<&Arc<CustomerKey>>,
+    ) -> FsResult<WriteResult> {
+        let r = match ctx
+            .client
+            .put_blob(name, body.clone(), &opts, key.map(|k| &**k))
+            .await
+        {
+            Err(e) if is_conflict(&e) => {
+                let saved = save_beside(ctx, name, body, opts, key).await?;
+                return Err(FsError::Conflict {
+                    path: name.to_string(),
+                    saved_as: Some(saved),
+                });
+            }
+            other => other?,
+        };
+        // The blob has no committed block list: later edits copy it.
+        self.extents = vec![];
+        self.layout_known = self.size == 0;
+        Ok(r)
+    }
+
+    /// Stage 3: zero and remote extents cut into pieces of at most one block
+    /// (each becomes one block of the list); other extents are kept whole.
+    fn split_into_blocks(&mut self, block_size: u64) {
         let mut pieces: Vec<Extent> = Vec::with_capacity(self.extents.len());
         for e in self.extents.drain(..) {
             match e.state {
                 ExtState::Zero | ExtState::Remote => {
                     let mut s = e.start;
                     while s < e.end() {
-                        let n = ctx.block_size.min(e.end() - s);
+                        let n = block_size.min(e.end() - s);
                         let st = match e.state {
                             ExtState::Zero => ExtState::Zero,
                             _ => ExtState::Remote,
@@ -718,33 +778,50 @@ impl WriteSession {
             }
         }
         self.extents = pieces;
-        if self.extents.len() > MAX_BLOCKS {
-            return Err(FsError::TooLarge(format!(
-                "{name}: {} blocks exceed Azure's limit of {MAX_BLOCKS}",
-                self.extents.len()
-            )));
-        }
-        // Stage what is not staged yet, a few blocks at a time.
-        let keyref = key.map(|k| &**k);
-        let mut jobs = vec![];
-        for (i, e) in self.extents.iter().enumerate() {
-            match &e.state {
-                ExtState::Dirty(_) | ExtState::Remote => jobs.push(i),
-                ExtState::Zero if !self.zero_ids.iter().any(|(l, _)| *l == e.len) => {
-                    let id = self.ids.id(self.seq);
-                    self.seq += 1;
-                    ctx.client
-                        .put_block(name, &id, Bytes::from(vec![0u8; e.len as usize]), keyref)
-                        .await?;
-                    self.zero_ids.push((e.len, id));
-                }
-                _ => {}
+    }
+
+    /// Stage 4: one staged block of zeros per distinct length of zero piece
+    /// (the list may name a block any number of times).
+    async fn stage_zero_blocks(
+        &mut self,
+        ctx: &WriteContext,
+        name: &str,
+        key: Option<&CustomerKey>,
+    ) -> FsResult<()> {
+        let lens: Vec<u64> = self
+            .extents
+            .iter()
+            .filter(|e| matches!(e.state, ExtState::Zero))
+            .map(|e| e.len)
+            .collect();
+        for len in lens {
+            if self.zero_ids.iter().any(|(l, _)| *l == len) {
+                continue;
             }
+            let id = self.ids.id(self.seq);
+            self.seq += 1;
+            ctx.client
+                .put_block(name, &id, Bytes::from(vec![0u8; len as usize]), key)
+                .await?;
+            self.zero_ids.push((len, id));
         }
-        let base_etag = self.base_etag.clone();
-        let base_cpk = self.base_cpk.clone();
+        Ok(())
+    }
+
+    /// Stage 5: stage every dirty piece, and every remote piece (read from
+    /// the base version, pinned by its ETag, and re-staged — its committed
+    /// block may span other bytes), four at a time.
+    async fn stage_pending(
+        &mut self,
+        ctx: &WriteContext,
+        name: &str,
+        key: Option<&CustomerKey>,
+    ) -> FsResult<()> {
         let mut work = vec![];
-        for i in jobs {
+        for i in 0..self.extents.len() {
+            if !matches!(self.extents[i].state, ExtState::Dirty(_) | ExtState::Remote) {
+                continue;
+            }
             let id = self.ids.id(self.seq);
             self.seq += 1;
             let e = &mut self.extents[i];
@@ -754,6 +831,8 @@ impl WriteSession {
             };
             work.push((i, id, e.start, e.len, body));
         }
+        let base_etag = self.base_etag.clone();
+        let base_cpk = self.base_cpk.clone();
         let client = &ctx.client;
         let staged: Vec<(usize, String)> = stream::iter(work)
             .map(|(i, id, start, len, body)| {
@@ -775,7 +854,7 @@ impl WriteSession {
                                 .0
                         }
                     };
-                    client.put_block(name, &id, body, keyref).await?;
+                    client.put_block(name, &id, body, key).await?;
                     Ok::<_, FsError>((i, id))
                 }
             })
@@ -785,45 +864,35 @@ impl WriteSession {
         for (i, id) in staged {
             self.extents[i].state = ExtState::Staged(id);
         }
-        let mut refs = Vec::with_capacity(self.extents.len());
-        for e in &self.extents {
-            refs.push(match &e.state {
+        Ok(())
+    }
+
+    /// Stage 6: the block list, in file order, once everything is staged.
+    fn block_refs(&self) -> Vec<BlockRef> {
+        self.extents
+            .iter()
+            .map(|e| match &e.state {
                 ExtState::Committed(id) => BlockRef::Committed(id.clone()),
                 ExtState::Staged(id) => BlockRef::Uncommitted(id.clone()),
                 ExtState::Zero => BlockRef::Latest(
                     self.zero_ids
                         .iter()
                         .find(|(l, _)| *l == e.len)
-                        .unwrap()
+                        .expect("zero blocks are staged before the list is made")
                         .1
                         .clone(),
                 ),
                 _ => unreachable!("everything is staged by now"),
-            });
-        }
-        opts.conditions = self.commit_conditions(ctx);
-        let r = ctx
-            .client
-            .put_block_list(name, &refs, &opts, keyref)
-            .await
-            .map_err(|e| {
-                if is_conflict(&e) {
-                    // The staged blocks belong to this blob name and cannot be
-                    // committed under another one: the version is not kept.
-                    FsError::Conflict {
-                        path: name.to_string(),
-                        saved_as: None,
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
-        // The new blob's committed list is exactly `refs`.
+            })
+            .collect()
+    }
+
+    /// Stage 7: after the commit the blob's committed list is exactly `refs`.
+    fn mark_committed(&mut self, refs: Vec<BlockRef>) {
         for (e, r) in self.extents.iter_mut().zip(refs) {
             let (BlockRef::Committed(id) | BlockRef::Uncommitted(id) | BlockRef::Latest(id)) = r;
             e.state = ExtState::Committed(id);
         }
-        Ok(r)
     }
 }
 
@@ -837,4 +906,219 @@ pub enum ReadPiece {
     Data(Bytes),
     /// Read `[start, end)` of the base blob.
     Base(u64, u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpkfs_blob::{
+        AccountKey, BlockListType, ClientConfig, Credential, SharedKeyCredential, DEV_ACCOUNT,
+        DEV_ACCOUNT_KEY,
+    };
+    use cpkfs_emulator::{self as emulator, EmulatorConfig, EmulatorHandle};
+
+    fn ext(start: u64, len: u64, state: ExtState) -> Extent {
+        Extent { start, len, state }
+    }
+
+    fn dirty(b: &[u8]) -> ExtState {
+        ExtState::Dirty(BytesMut::from(b))
+    }
+
+    fn session(extents: Vec<Extent>) -> WriteSession {
+        let mut s = WriteSession::new_empty(None);
+        s.size = extents.last().map_or(0, |e| e.end());
+        s.extents = extents;
+        s
+    }
+
+    /// Shape of the extents: (start, len, state name).
+    fn shape(s: &WriteSession) -> Vec<(u64, u64, &'static str)> {
+        s.extents
+            .iter()
+            .map(|e| {
+                let k = match e.state {
+                    ExtState::Committed(_) => "committed",
+                    ExtState::Remote => "remote",
+                    ExtState::Zero => "zero",
+                    ExtState::Dirty(_) => "dirty",
+                    ExtState::Uploading(..) => "uploading",
+                    ExtState::Staged(_) => "staged",
+                };
+                (e.start, e.len, k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn small_body_is_local_bytes_and_zeros_up_to_one_block() {
+        let s = session(vec![ext(0, 3, dirty(b"abc")), ext(3, 2, ExtState::Zero)]);
+        assert_eq!(s.small_body(5).as_deref(), Some(&b"abc\0\0"[..]));
+        assert_eq!(s.small_body(4), None, "larger than a block");
+        let s = session(vec![ext(0, 3, dirty(b"abc")), ext(3, 2, ExtState::Remote)]);
+        assert_eq!(s.small_body(1 << 20), None, "remote bytes are not local");
+        assert_eq!(session(vec![]).small_body(4).as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn split_into_blocks_cuts_zero_and_remote_extents_only() {
+        let mut s = session(vec![
+            ext(0, 10, ExtState::Zero),
+            ext(10, 5, ExtState::Remote),
+            ext(15, 9, dirty(&[1; 9])),
+            ext(24, 4, ExtState::Committed("c".into())),
+        ]);
+        s.split_into_blocks(4);
+        assert_eq!(
+            shape(&s),
+            [
+                (0, 4, "zero"),
+                (4, 4, "zero"),
+                (8, 2, "zero"),
+                (10, 4, "remote"),
+                (14, 1, "remote"),
+                (15, 9, "dirty"),
+                (24, 4, "committed"),
+            ]
+        );
+    }
+
+    #[test]
+    fn block_refs_name_each_piece_and_share_zero_blocks() {
+        let mut s = session(vec![
+            ext(0, 4, ExtState::Committed("c0".into())),
+            ext(4, 4, ExtState::Staged("s1".into())),
+            ext(8, 4, ExtState::Zero),
+            ext(12, 4, ExtState::Zero),
+            ext(16, 2, ExtState::Zero),
+        ]);
+        s.zero_ids = vec![(4, "z4".into()), (2, "z2".into())];
+        let refs = s.block_refs();
+        assert_eq!(
+            refs,
+            [
+                BlockRef::Committed("c0".into()),
+                BlockRef::Uncommitted("s1".into()),
+                BlockRef::Latest("z4".into()),
+                BlockRef::Latest("z4".into()),
+                BlockRef::Latest("z2".into()),
+            ]
+        );
+        s.mark_committed(refs);
+        assert!(s
+            .extents
+            .iter()
+            .all(|e| matches!(e.state, ExtState::Committed(_))));
+        assert_eq!(shape(&s).len(), 5);
+    }
+
+    async fn context() -> (EmulatorHandle, WriteContext) {
+        let emu = emulator::start(EmulatorConfig::default()).await.unwrap();
+        let cred = Credential::SharedKey(Arc::new(
+            SharedKeyCredential::new(
+                DEV_ACCOUNT,
+                vec![AccountKey::from_base64(DEV_ACCOUNT_KEY).unwrap()],
+            )
+            .unwrap(),
+        ));
+        let mut cfg = ClientConfig::new(&emu.url, DEV_ACCOUNT, "stages", cred);
+        cfg.ca_pem = emu.ca_pem.as_ref().map(|p| p.as_bytes().to_vec());
+        let client = BlobClient::new(cfg).unwrap();
+        client.create_container().await.unwrap();
+        let ctx = WriteContext {
+            client,
+            block_size: 4,
+            upload_slots: Arc::new(Semaphore::new(4)),
+            max_dirty: 1 << 20,
+            key_sha256: None,
+            overwrite_conflicts: false,
+        };
+        (emu, ctx)
+    }
+
+    /// Stages 4 and 5 against the emulator: one zero block per distinct
+    /// length; dirty pieces staged as they are and remote pieces read from the
+    /// base version (pinned) and staged; the list then commits to the right
+    /// bytes.
+    #[tokio::test]
+    async fn staging_and_commit_write_the_right_bytes() {
+        let (_emu, ctx) = context().await;
+        let key = CustomerKey::from_raw([3; 32]);
+        let base = ctx
+            .client
+            .put_blob(
+                "f",
+                Bytes::from_static(b"ABCDEFGH"),
+                &CommitOptions::default(),
+                Some(&key),
+            )
+            .await
+            .unwrap();
+        let mut s = WriteSession::existing(base.etag.clone(), 8, Some(Arc::new(key.clone())));
+        s.layout_known = true;
+        s.extents = vec![
+            ext(0, 6, ExtState::Remote),
+            ext(6, 2, dirty(b"xy")),
+            ext(8, 9, ExtState::Zero),
+        ];
+        s.size = 17;
+        s.split_into_blocks(4);
+        s.stage_zero_blocks(&ctx, "f", Some(&key)).await.unwrap();
+        assert_eq!(s.zero_ids.len(), 2, "zero pieces of 4 and 1 bytes");
+        s.stage_pending(&ctx, "f", Some(&key)).await.unwrap();
+        let list = ctx
+            .client
+            .get_block_list("f", BlockListType::Uncommitted)
+            .await
+            .unwrap();
+        // 2 zero blocks + 2 remote pieces (4 + 2 bytes) + 1 dirty piece.
+        assert_eq!(list.uncommitted.len(), 5, "{list:?}");
+        let refs = s.block_refs();
+        let opts = CommitOptions {
+            conditions: s.commit_conditions(&ctx),
+            ..Default::default()
+        };
+        ctx.client
+            .put_block_list("f", &refs, &opts, Some(&key))
+            .await
+            .unwrap();
+        s.mark_committed(refs);
+        let (got, _) = ctx
+            .client
+            .read_range("f", ByteRange::from(0), Some(&key), &Conditions::default())
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"ABCDEFxy\0\0\0\0\0\0\0\0\0");
+    }
+
+    /// Stage 5 reads remote pieces pinned to the base version: a base
+    /// replaced meanwhile fails the commit instead of mixing versions.
+    #[tokio::test]
+    async fn staging_a_remote_piece_of_a_replaced_base_fails() {
+        let (_emu, ctx) = context().await;
+        let base = ctx
+            .client
+            .put_blob(
+                "g",
+                Bytes::from_static(b"12345678"),
+                &CommitOptions::default(),
+                None,
+            )
+            .await
+            .unwrap();
+        ctx.client
+            .put_blob(
+                "g",
+                Bytes::from_static(b"abcdefgh"),
+                &CommitOptions::default(),
+                None,
+            )
+            .await
+            .unwrap();
+        let mut s = WriteSession::existing(base.etag, 8, None);
+        s.extents = vec![ext(0, 8, ExtState::Remote)];
+        s.split_into_blocks(4);
+        let e = s.stage_pending(&ctx, "g", None).await.unwrap_err();
+        assert_eq!(e.errno(), libc::ESTALE, "{e}");
+    }
 }

@@ -132,6 +132,15 @@ async fn second_read_of_data_larger_than_memory_makes_no_get_and_disk_holds_no_p
     let d = fs.cache().disk_stats().unwrap();
     assert!(d.hits >= (BLOCKS - 4) as u64, "{d:?}");
     assert_eq!((d.errors, d.auth_failures, d.skipped), (0, 0, 0), "{d:?}");
+    // `cpkfs stats` shows the same counters.
+    let shown = fs
+        .stats_snapshot()
+        .disk_cache
+        .expect("the disk tier registered");
+    assert_eq!(
+        (shown.hits, shown.misses, shown.bytes, shown.capacity),
+        (d.hits, d.misses, Some(d.bytes), Some(1 << 20))
+    );
 
     // "grep the cache for known plaintext": no 32-byte window of any block
     // (at its start, middle and end) in any file under the cache directory,

@@ -473,10 +473,11 @@ mod tests {
         let block = 64 * 1024;
         let per_file = (block + seal::OVERHEAD) as u64;
         let c = DiskCache::open(root.path(), 3 * per_file, KeyRing::default()).unwrap();
+        // One at a time: writes run in parallel, and finish in any order.
         for i in 0..3 {
             c.spill(key(i, None), Bytes::from(vec![i as u8; block]));
+            c.settle().await;
         }
-        c.settle().await;
         assert_eq!(files(c.dir()).len(), 3);
         // Block 0 is used, so 1 is the least recently used when 3 arrives.
         assert!(c.get(&key(0, None)).await.is_some());
