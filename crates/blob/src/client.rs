@@ -174,9 +174,10 @@ impl<'a> Call<'a> {
 /// How long a copy-source SAS made from the account key is valid.
 pub const SOURCE_SAS_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
-/// `2024-03-01T00:00:00Z` (SAS times), from days since the epoch by the civil
-/// calendar algorithm (H. Hinnant), to avoid a date library for one format.
-fn iso8601(t: SystemTime) -> String {
+/// `2024-03-01T00:00:00Z` (SAS times, and times `cpkfs stats` shows), from
+/// days since the epoch by the civil calendar algorithm (H. Hinnant), to
+/// avoid a date library for one format.
+pub fn iso8601(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
