@@ -314,6 +314,13 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
     if let Some(b) = &s.cache_size {
         c.cache_size = b.bytes()?;
     }
+    if let Some(b) = &s.disk_cache_size {
+        c.disk_cache_size = b.bytes()?;
+    }
+    c.disk_cache_dir = s.disk_cache_dir.clone();
+    if c.disk_cache_dir.is_some() && c.disk_cache_size < c.block_size + 64 * 1024 {
+        bail!("disk_cache_size must hold at least one block (block_size + 64K)");
+    }
     if let Some(t) = s.attr_ttl {
         c.attr_ttl = Duration::from_secs_f64(t);
     }
@@ -335,6 +342,29 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
     Ok(c)
 }
 
+/// The disk cache's directory must exist (or be creatable) and be a
+/// writable directory: refused at start-up rather than found out on the
+/// first eviction.
+fn check_disk_cache_dir(d: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(|e| anyhow!("disk_cache_dir {}: {e}", d.display()))?;
+    let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("disk_cache_dir {}: contains a NUL byte", d.display()))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        bail!(
+            "disk_cache_dir {}: not writable: {}",
+            d.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// Every check that needs no mount, in the order a user would fix them.
 fn preflight(p: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<(BlobClient, FsConfig)> {
     let conn = crate::connect::connect(&p.s, env)?;
@@ -343,6 +373,9 @@ fn preflight(p: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<(BlobClie
     let client = conn.client;
     check_mountpoint(&p.mountpoint, p.s.nonempty.unwrap_or(false))?;
     check_fuse()?;
+    if let Some(d) = &cfg.disk_cache_dir {
+        check_disk_cache_dir(d)?;
+    }
     Ok((client, cfg))
 }
 

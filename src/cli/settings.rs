@@ -229,6 +229,13 @@ settings! {
         doc "Block size of ranged reads, the cache and Put Block (64K…4000M; suffixes K, M, G).";
     cache_size: Size, alias None, env "`CPKFS_CACHE_SIZE`", default "`256M`", check any,
         doc "Bytes the in-memory block cache may hold (suffixes K, M, G).";
+    disk_cache_dir: PathBuf, alias None, env "`CPKFS_DISK_CACHE_DIR`", default "— (off)", check any,
+        doc "Directory of the encrypted disk cache: blocks evicted from the memory cache are written here, sealed with AES-256-GCM under a random key that exists only in the mount's memory (never the plaintext, the customer-provided key or that key), so a second read of data larger than RAM comes from local disk. Each mount uses its own subdirectory `cpkfs-mount-<random>` (0700), removed at unmount; one left by a killed mount is removed by the next mount on the same directory. Created (0700) if missing; must be writable. See `docs/SEMANTICS.md` \"Disk cache\".";
+    disk_cache_size: Size, alias None, env "`CPKFS_DISK_CACHE_SIZE`", default "`4G`", check |b| {
+            b.bytes()?;
+            Ok(())
+        },
+        doc "Bytes the disk cache may hold (least recently used blocks are deleted first; suffixes K, M, G). At least one block plus 64K.";
     attr_ttl: f64, alias None, env "`CPKFS_ATTR_TTL`", default "`3`", check |t| {
             if !(0.0..=86400.0).contains(t) {
                 bail!("attr_ttl must be between 0 and 86400 seconds");
@@ -498,7 +505,7 @@ mod tests {
         );
         for spec in SETTINGS {
             let v = match spec.name {
-                "block_size" | "cache_size" => "1M",
+                "block_size" | "cache_size" | "disk_cache_size" => "1M",
                 "attr_ttl" | "retry_max_delay" | "uid" | "gid" | "retry_attempts" => "3",
                 "umask" => "022",
                 "conflict" => "overwrite",

@@ -8,6 +8,7 @@ pub mod cpk;
 pub mod error;
 pub mod from_url;
 pub mod keyvault;
+pub mod link;
 pub mod listing;
 pub mod ops;
 pub mod server;
@@ -61,6 +62,11 @@ pub struct EmulatorConfig {
     /// NAME=ADDR`), the first being the default. Empty: one vault
     /// [`keyvault::DEFAULT_VAULT`] on a free port of the main listener's address.
     pub vaults: Vec<(String, SocketAddr)>,
+    /// Response bodies share a link of this many MB/s (`--bandwidth`; None:
+    /// loopback speed). See `link.rs`.
+    pub bandwidth_mb_s: Option<f64>,
+    /// Added before every blob request is answered (`--latency`).
+    pub latency: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -78,6 +84,8 @@ impl Default for EmulatorConfig {
             vault_identities: Vec::new(),
             vault_token_lifetime: None,
             vaults: Vec::new(),
+            bandwidth_mb_s: None,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -217,6 +225,8 @@ pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
         faults: Mutex::new(None),
         base_url: Mutex::new(url.clone()),
         kv: keyvault::KvState::new(config.vault_identities.clone(), config.vault_token_lifetime),
+        link: config.bandwidth_mb_s.map(link::Link::new),
+        latency: config.latency,
     });
     let sites: Vec<keyvault::VaultSite> = vault_listeners.iter().map(|(_, s)| s.clone()).collect();
     shared.kv.set_sites(sites.clone());

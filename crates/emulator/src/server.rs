@@ -81,6 +81,10 @@ pub struct Shared {
     pub base_url: Mutex<String>,
     /// Key Vault and Entra ID endpoints (`keyvault.rs`).
     pub kv: super::keyvault::KvState,
+    /// A slow link for response bodies (`--bandwidth`), and added latency
+    /// (`--latency`): `link.rs`.
+    pub link: Option<Arc<super::link::Link>>,
+    pub latency: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -299,6 +303,9 @@ pub async fn handle(
     if raw_path.starts_with("/__admin/") {
         return Ok(admin(shared, req).await);
     }
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
     let client_id = parts.headers.get("x-ms-client-request-id").cloned();
@@ -417,6 +424,10 @@ pub async fn handle(
             }
             _ => return Err(io::Error::other("injected reset (truncate without body)")),
         }
+    }
+    if let (Some(link), false) = (&shared.link, head) {
+        let (p, b) = resp.into_parts();
+        resp = Response::from_parts(p, link.throttle(b));
     }
     Ok(resp)
 }

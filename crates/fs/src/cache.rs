@@ -1,6 +1,8 @@
 //! The block cache: an LRU of fixed-size blocks bounded in bytes, keyed by
-//! (blob name, ETag, block index) so bytes of two versions never mix.
-//! Concurrent requests for the same block share one fetch. Hits and misses
+//! (blob name, ETag, block index, key hash) so bytes of two versions never
+//! mix. Concurrent requests for the same block share one fetch. With a disk
+//! tier (`disk_cache/`), blocks evicted from memory are sealed to disk and a
+//! memory miss looks there before the network. Hits and misses
 //! are counted for `cpkfs stats`: a miss is a block fetched from below the
 //! cache (read-ahead included), a hit a block served without a new fetch
 //! (joining a fetch already under way counts as a hit).
@@ -11,6 +13,7 @@ use lru::LruCache;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::disk_cache::{DiskCache, DiskCacheStats};
 use super::stats::TierCounters;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -18,6 +21,10 @@ pub struct BlockKey {
     pub name: Arc<str>,
     pub etag: Arc<str>,
     pub index: u64,
+    /// SHA-256 (base64) of the customer-provided key the blob is under, as
+    /// the service reports it; None for a plain blob. Taken from a key the
+    /// mount's ring holds (`Fs::key_for`), so it names a key this mount has.
+    pub cpk_sha256: Option<Arc<str>>,
 }
 
 pub type FetchResult = Result<Bytes, Arc<super::error::FsError>>;
@@ -33,6 +40,7 @@ pub struct BlockCache {
     inner: Mutex<Inner>,
     capacity: usize,
     counters: TierCounters,
+    disk: Option<Arc<DiskCache>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,6 +51,11 @@ pub struct CacheStats {
 
 impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Self {
+        Self::with_disk(capacity_bytes, None)
+    }
+
+    /// A memory LRU of `capacity_bytes` over an optional disk tier.
+    pub fn with_disk(capacity_bytes: usize, disk: Option<Arc<DiskCache>>) -> Self {
         BlockCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
@@ -51,7 +64,23 @@ impl BlockCache {
             }),
             capacity: capacity_bytes,
             counters: TierCounters::default(),
+            disk,
         }
+    }
+
+    /// The disk tier, if this mount has one.
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    /// The disk tier's counters (None: no disk tier configured).
+    pub fn disk_stats(&self) -> Option<DiskCacheStats> {
+        self.disk.as_ref().map(|d| d.stats())
+    }
+
+    /// Whether the disk tier holds `key` (a read of it costs no request).
+    pub fn on_disk(&self, key: &BlockKey) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.holds(key))
     }
 
     /// Hits and misses so far.
@@ -85,18 +114,33 @@ impl BlockCache {
 
     pub fn insert(&self, key: BlockKey, data: Bytes) {
         if data.len() > self.capacity {
+            if let Some(d) = &self.disk {
+                d.spill(key, data);
+            }
             return;
         }
-        let mut g = self.inner.lock().unwrap();
-        let len = data.len();
-        if let Some(old) = g.lru.put(key, data) {
-            g.bytes -= old.len();
+        let mut evicted = Vec::new();
+        {
+            let mut g = self.inner.lock().unwrap();
+            let len = data.len();
+            if let Some(old) = g.lru.put(key, data) {
+                g.bytes -= old.len();
+            }
+            g.bytes += len;
+            while g.bytes > self.capacity {
+                match g.lru.pop_lru() {
+                    Some(kv) => {
+                        g.bytes -= kv.1.len();
+                        evicted.push(kv);
+                    }
+                    None => break,
+                }
+            }
         }
-        g.bytes += len;
-        while g.bytes > self.capacity {
-            match g.lru.pop_lru() {
-                Some((_, v)) => g.bytes -= v.len(),
-                None => break,
+        // Outside the lock: spilling only queues the write.
+        if let Some(d) = &self.disk {
+            for (k, v) in evicted {
+                d.spill(k, v);
             }
         }
     }
@@ -135,7 +179,23 @@ impl BlockCache {
                 }
                 None => {
                     self.counters.miss();
-                    let f = fetch().shared();
+                    let net = fetch();
+                    let f = match self.disk.clone() {
+                        // The disk tier first; the network only if it
+                        // does not hold the block (or it fails to open).
+                        Some(disk) => {
+                            let k = key.clone();
+                            async move {
+                                match disk.get(&k).await {
+                                    Some(b) => Ok(b),
+                                    None => net.await,
+                                }
+                            }
+                            .boxed()
+                        }
+                        None => net,
+                    }
+                    .shared();
                     g.inflight.insert(key.clone(), f.clone());
                     f
                 }
@@ -148,6 +208,9 @@ impl BlockCache {
         }
         if let Ok(b) = &res {
             if self.get(&key).is_none() {
+                if let Some(d) = &self.disk {
+                    d.wait_for_room(b.len()).await;
+                }
                 self.insert(key, b.clone());
             }
         }
@@ -173,6 +236,7 @@ mod tests {
             name: "f".into(),
             etag: "\"e\"".into(),
             index: i,
+            cpk_sha256: None,
         }
     }
 

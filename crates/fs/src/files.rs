@@ -280,11 +280,13 @@ impl Fs {
         }
     }
 
-    fn block_key(&self, path: &str, etag: &str, index: u64) -> BlockKey {
+    /// `cpk` is the key the handle reads with, which came from the ring.
+    fn block_key(&self, path: &str, etag: &str, index: u64, cpk: Option<&CustomerKey>) -> BlockKey {
         BlockKey {
             name: path.into(),
             etag: etag.into(),
             index,
+            cpk_sha256: cpk.map(|k| k.sha256().into()),
         }
     }
 
@@ -352,11 +354,21 @@ impl Fs {
             r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e))
         };
         if window == 0 && first == last {
-            // A random read: serve from the cache if the block is there,
-            // otherwise fetch just the bytes asked for.
-            let key = self.block_key(path, etag, first);
+            // A random read: serve from the cache if the block is there
+            // (in memory, or on disk: a local read beats a round trip),
+            // otherwise fetch just the bytes asked for (without a disk tier).
+            let key = self.block_key(path, etag, first, cpk.as_deref());
+            let s = (offset - first * b) as usize;
             if let Some(block) = self.cache.lookup(&key) {
-                let s = (offset - first * b) as usize;
+                return Ok(block.slice(s..s + (end - offset) as usize));
+            }
+            // With a disk tier, a missed block is fetched whole and cached
+            // (memory, then disk when evicted): reads that arrive out of
+            // order (several FUSE threads) would otherwise fetch ranges that
+            // are never cached, and a second pass would fetch them again.
+            if self.cache.on_disk(&key) || self.cache.disk().is_some_and(|d| d.is_enabled()) {
+                let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
+                let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
                 return Ok(block.slice(s..s + (end - offset) as usize));
             }
             let (bytes, _) = self
@@ -380,7 +392,7 @@ impl Fs {
         // Read-ahead: start fetching the next blocks without waiting.
         let nblocks = fsize.div_ceil(b);
         for i in last + 1..=(last + window).min(nblocks.saturating_sub(1)) {
-            let key = self.block_key(path, etag, i);
+            let key = self.block_key(path, etag, i, cpk.as_deref());
             if !self.cache.contains(&key) {
                 let cache = self.cache.clone();
                 let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
@@ -391,7 +403,7 @@ impl Fs {
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for i in first..=last {
-            let key = self.block_key(path, etag, i);
+            let key = self.block_key(path, etag, i, cpk.as_deref());
             let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
             let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
             let bs = i * b;

@@ -5,6 +5,7 @@
 pub mod attr;
 pub mod cache;
 pub mod dir;
+pub mod disk_cache;
 pub mod error;
 mod files;
 pub mod inode;
@@ -35,6 +36,10 @@ pub struct FsConfig {
     pub block_size: u64,
     /// Bytes the block cache may hold.
     pub cache_size: u64,
+    /// The encrypted disk tier under this directory (None: off).
+    pub disk_cache_dir: Option<std::path::PathBuf>,
+    /// Bytes of sealed blocks the disk tier may hold.
+    pub disk_cache_size: u64,
     /// How long attributes and listings are trusted.
     pub attr_ttl: Duration,
     /// Upper bound on blocks read ahead for one sequential reader.
@@ -57,6 +62,8 @@ impl Default for FsConfig {
         FsConfig {
             block_size: 8 * 1024 * 1024,
             cache_size: 256 * 1024 * 1024,
+            disk_cache_dir: None,
+            disk_cache_size: 4 << 30,
             attr_ttl: Duration::from_secs(3),
             max_readahead_blocks: 8,
             upload_concurrency: 8,
@@ -190,10 +197,40 @@ impl Fs {
             key_sha256: key.as_ref().map(|k| k.sha256().to_string()),
             overwrite_conflicts: cfg.overwrite_conflicts,
         };
+        let disk = cfg.disk_cache_dir.as_deref().and_then(|dir| {
+            match disk_cache::DiskCache::open(dir, cfg.disk_cache_size, cfg.keyring.clone()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    // The mount command checks the directory first; this is
+                    // a race with its removal. Reads work without the tier.
+                    tracing::error!(error = %e, "disk cache not started; reads go to the service");
+                    None
+                }
+            }
+        });
+        let mount_stats = stats::MountStats::default();
+        if let Some(d) = &disk {
+            // `cpkfs stats` reads the disk tier's own counters. Weak: the
+            // statistics must not keep the tier (and its directory) alive.
+            let d = Arc::downgrade(d);
+            mount_stats.set_disk_tier(Arc::new(move || {
+                d.upgrade()
+                    .map(|d| {
+                        let s = d.stats();
+                        stats::TierStat {
+                            hits: s.hits,
+                            misses: s.misses,
+                            bytes: Some(s.bytes),
+                            capacity: Some(s.capacity),
+                        }
+                    })
+                    .unwrap_or_default()
+            }));
+        }
         Arc::new(Fs {
             client,
             key,
-            cache: Arc::new(BlockCache::new(cfg.cache_size as usize)),
+            cache: Arc::new(BlockCache::with_disk(cfg.cache_size as usize, disk)),
             inodes: InodeTable::new(root),
             wctx,
             cfg,
@@ -206,7 +243,7 @@ impl Fs {
             deferred_deletes: Mutex::new(HashMap::new()),
             server_copy: namespace::ServerCopy::default(),
             relists: listing::Relists::default(),
-            stats: stats::MountStats::default(),
+            stats: mount_stats,
         })
     }
 

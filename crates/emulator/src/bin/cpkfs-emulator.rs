@@ -71,6 +71,16 @@ struct Args {
     #[arg(long)]
     vault_token_lifetime: Option<u64>,
 
+    /// Slow the network down like a WAN link: response bodies share this
+    /// many MB/s (10^6 bytes), e.g. 100 [default: unlimited].
+    #[arg(long, value_name = "MB/s")]
+    bandwidth: Option<f64>,
+
+    /// Added latency: every blob request waits this many milliseconds before
+    /// it is answered [default: 0].
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    latency: u64,
+
     /// Log level / tracing filter (error, warn, info, debug, trace).
     #[arg(long, default_value = "warn")]
     log_level: String,
@@ -130,6 +140,11 @@ async fn main() -> anyhow::Result<()> {
             .map(|a| parse_account(a))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    if let Some(b) = args.bandwidth {
+        if !(b.is_finite() && b > 0.0) {
+            bail!("--bandwidth {b}: expected a positive number of MB/s");
+        }
+    }
     let config = EmulatorConfig {
         listen: args.listen,
         tls: !args.http,
@@ -148,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .map(|v| parse_vault(v))
             .collect::<anyhow::Result<Vec<_>>>()?,
+        bandwidth_mb_s: args.bandwidth,
+        latency: std::time::Duration::from_millis(args.latency),
     };
     let handle = emulator::start(config).await?;
     if let (Some(path), Some(pem)) = (&args.ca_out, &handle.ca_pem) {
