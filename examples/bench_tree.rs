@@ -1,8 +1,11 @@
-//! Benchmark helper for `scripts/bench-mount`: create N small blobs under a
-//! prefix (with or without a CPK), or time listing that prefix with the
-//! delimiter (what `ls` of the directory costs in List Blobs requests alone).
+//! Benchmark helper for `scripts/bench-mount` and `scripts/bench-list`:
+//! create N small blobs under a prefix (with or without a CPK), time listing
+//! that prefix with the delimiter (what `ls` of the directory costs in List
+//! Blobs requests alone), or time single pages (`pages`: the first page of
+//! the prefix, the median of N further pages, and one page of the container's
+//! root with the delimiter, which rolls the whole prefix into one entry).
 //!
-//! usage: bench_tree populate|list ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]
+//! usage: bench_tree populate|list|pages ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]
 
 use bytes::Bytes;
 use cpkfs::blob::*;
@@ -14,7 +17,9 @@ use std::time::Instant;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 7 {
-        eprintln!("usage: bench_tree populate|list ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]");
+        eprintln!(
+            "usage: bench_tree populate|list|pages ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]"
+        );
         std::process::exit(2);
     }
     let (mode, endpoint, ca, container, prefix) = (&a[1], &a[2], &a[3], &a[4], &a[5]);
@@ -84,6 +89,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if count < n {
                 return Err(format!("expected {n} entries, listed {count}").into());
             }
+        }
+        "pages" => {
+            let opts = ListOptions {
+                prefix: Some(format!("{prefix}/")),
+                delimiter: Some("/".into()),
+                include_metadata: true,
+                max_results: Some(5000),
+                ..Default::default()
+            };
+            let mut pager = client.list_pager(opts);
+            let mut times = vec![];
+            while times.len() <= n {
+                let t = Instant::now();
+                let Some(p) = pager.next_page().await? else {
+                    break;
+                };
+                times.push(t.elapsed().as_secs_f64());
+                if p.next_marker.is_none() {
+                    break;
+                }
+            }
+            let first = times[0];
+            let mut rest: Vec<f64> = times[1..].to_vec();
+            rest.sort_by(f64::total_cmp);
+            let median = rest.get(rest.len() / 2).copied().unwrap_or(first);
+            let t = Instant::now();
+            let root = client
+                .list_blobs(&ListOptions {
+                    delimiter: Some("/".into()),
+                    max_results: Some(5000),
+                    ..Default::default()
+                })
+                .await?;
+            let root_s = t.elapsed().as_secs_f64();
+            if !root.prefixes.contains(&format!("{prefix}/")) {
+                return Err("the root listing lacks the prefix".into());
+            }
+            println!(
+                "first page {first:.4} s; median of {} more pages {median:.4} s; root page {root_s:.4} s",
+                rest.len()
+            );
         }
         m => return Err(format!("unknown mode {m}").into()),
     }

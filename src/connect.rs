@@ -24,3 +24,19 @@ pub fn connect(s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<Con
     }
     Ok(Connection { client, keys })
 }
+
+/// For the commands that work on a container without mounting it
+/// (`rotate-cpk`, `doctor`): resolve their settings as a mount would, log to
+/// stderr, and connect.
+pub fn offline(common: &crate::cli::MountArgs) -> Result<(Settings, Connection)> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut common = common.clone();
+    common.mountpoint = Some(".".into());
+    let plan = crate::cli::mount::resolve(&common, &env)?;
+    crate::cli::logging::init(
+        plan.s.log_level.as_deref().unwrap_or("warn"),
+        crate::cli::logging::Target::Stderr,
+    )?;
+    let conn = connect(&plan.s, &env)?;
+    Ok((plan.s, conn))
+}

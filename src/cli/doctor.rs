@@ -22,7 +22,6 @@
 //! Exit status: 0 nothing to fix, 1 something to fix (listed), 2 the check
 //! could not run.
 
-use super::mount::Plan;
 use super::stats::human_bytes;
 use super::MountArgs;
 use crate::blob::{BlobClient, BlobItem, BlockListType, CommitOptions, Conditions, ListOptions};
@@ -651,15 +650,7 @@ pub async fn check(
 
 /// Ok(true): nothing to fix.
 pub fn run(a: DoctorArgs) -> Result<bool> {
-    let env = |k: &str| std::env::var(k).ok();
-    let mut common = a.common.clone();
-    common.mountpoint = Some(".".into());
-    let plan: Plan = super::mount::resolve(&common, &env)?;
-    super::logging::init(
-        plan.s.log_level.as_deref().unwrap_or("warn"),
-        super::logging::Target::Stderr,
-    )?;
-    let crate::connect::Connection { client, keys } = crate::connect::connect(&plan.s, &env)?;
+    let (_, crate::connect::Connection { client, keys }) = crate::connect::offline(&a.common)?;
     if client.container().is_empty() {
         bail!("no container given");
     }

@@ -14,7 +14,6 @@
 //! copied) before it counts as rotated. Reruns skip blobs already under the current
 //! key, so an interrupted run completes when rerun.
 
-use super::mount::Plan;
 use super::MountArgs;
 use crate::blob::{
     BlobClient, BlobError, BlobProperties, BlockIdGen, BlockRef, ByteRange, CommitOptions,
@@ -324,22 +323,14 @@ async fn rotate_all(
 }
 
 pub fn run(a: RotateArgs) -> Result<()> {
-    let env = |k: &str| std::env::var(k).ok();
-    let mut common = a.common.clone();
-    common.mountpoint = Some(".".into());
-    let plan: Plan = super::mount::resolve(&common, &env)?;
-    super::logging::init(
-        plan.s.log_level.as_deref().unwrap_or("warn"),
-        super::logging::Target::Stderr,
-    )?;
-    let crate::connect::Connection { client, keys: ring } = crate::connect::connect(&plan.s, &env)?;
+    let (settings, crate::connect::Connection { client, keys: ring }) =
+        crate::connect::offline(&a.common)?;
     let Some(current) = ring.current().cloned() else {
         bail!(
             "rotate-cpk needs cpk_file with the current key on its first line and older keys below"
         );
     };
-    let block = plan
-        .s
+    let block = settings
         .block_size
         .as_ref()
         .map(|b| b.bytes())

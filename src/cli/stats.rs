@@ -87,25 +87,9 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
-/// Seconds since the epoch → `2026-12-03 07:20:01Z` (civil calendar from
-/// days, H. Hinnant's algorithm; no date library for one format).
+/// Seconds since the epoch → `2026-12-03T07:20:01Z`.
 pub fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::blob::client::iso8601(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 fn duration(secs: u64) -> String {
@@ -396,8 +380,8 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
-        assert_eq!(utc(1_709_164_800 + 3661), "2024-02-29 01:01:01Z");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_709_164_800 + 3661), "2024-02-29T01:01:01Z");
         assert_eq!(duration(59), "59s");
         assert_eq!(duration(3725), "1h02m");
     }

@@ -174,9 +174,10 @@ impl<'a> Call<'a> {
 /// How long a copy-source SAS made from the account key is valid.
 pub const SOURCE_SAS_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
-/// `2024-03-01T00:00:00Z` (SAS times), from days since the epoch by the civil
-/// calendar algorithm (H. Hinnant), to avoid a date library for one format.
-fn iso8601(t: SystemTime) -> String {
+/// `2024-03-01T00:00:00Z` (SAS times, and times `cpkfs stats` shows), from
+/// days since the epoch by the civil calendar algorithm (H. Hinnant), to
+/// avoid a date library for one format.
+pub fn iso8601(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -281,6 +282,15 @@ fn write_result(h: &HeaderMap) -> WriteResult {
 /// attempt may have succeeded with its answer lost.
 fn was_retried(e: &BlobError) -> bool {
     e.service().is_some_and(|s| s.attempts > 1)
+}
+
+/// How one attempt of a request ended, short of a final failure.
+enum Attempt {
+    Done(reqwest::Response),
+    /// The account key was refused and another one is now in use: resend.
+    KeySwitched,
+    /// A failure worth retrying, with the service's Retry-After if any.
+    Transient(BlobError, Option<Duration>),
 }
 
 impl BlobClient {
@@ -497,134 +507,134 @@ impl BlobClient {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut tried_keys: Vec<AccountKey> = Vec::new();
-        let counters = self.inner.stats.op(call.op);
         loop {
             attempt += 1;
-            let account_key = match &self.inner.credential {
-                Credential::SharedKey(c) => Some(c.current().1),
-                Credential::Sas(_) => None,
+            let (last_err, retry_wait) = match self
+                .attempt(&call, attempt, started, &mut tried_keys)
+                .await?
+            {
+                Attempt::Done(resp) => return Ok(resp),
+                Attempt::KeySwitched => {
+                    attempt -= 1; // a key switch is not a transient-failure retry
+                    continue;
+                }
+                Attempt::Transient(err, wait) => (err, wait),
             };
-            let (url, headers) = self.prepare(&call, account_key.as_ref())?;
-            let req = self
-                .inner
-                .http
-                .request(call.method.clone(), url)
-                .headers(headers)
-                .body(call.body.clone());
-            RequestStats::add(&counters.requests, 1);
-            RequestStats::add(&counters.bytes_out, call.body.len() as u64);
-            let t0 = Instant::now();
-            let sent = tokio::time::timeout(policy.attempt_timeout, req.send()).await;
-            let retry_wait: Option<Duration>;
-            let last_err: BlobError;
-            match sent {
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    let rid = header_str(resp.headers(), "x-ms-request-id")
-                        .unwrap_or("-")
-                        .to_string();
-                    tracing::debug!(
-                        op = call.op,
-                        resource = %call.resource,
-                        status = status.as_u16(),
-                        request_id = %rid,
-                        attempt,
-                        elapsed_ms = t0.elapsed().as_millis() as u64,
-                        "blob request"
-                    );
-                    if status.is_success() || status == StatusCode::NOT_MODIFIED {
-                        return Ok(resp);
-                    }
-                    let (mut err, ra) = self.service_error(&call, resp).await;
-                    err.attempts = attempt;
-                    if err.mac_mismatch {
-                        if let (Credential::SharedKey(cred), Some(k)) =
-                            (&self.inner.credential, &account_key)
-                        {
-                            if cred.rotate_after_failure(k, &mut tried_keys).is_some() {
-                                RequestStats::add(&self.inner.stats.key_switches, 1);
-                                attempt -= 1; // a key switch is not a transient-failure retry
-                                continue;
-                            }
-                        }
-                    }
-                    if !status_is_retryable(err.status) {
-                        tracing::debug!(error = %err, "blob request failed");
-                        let err = BlobError::Service(Box::new(err));
-                        self.record_failure(&err);
-                        return Err(err);
-                    }
-                    RequestStats::add(&counters.faults, 1);
-                    retry_wait = ra;
-                    last_err = BlobError::Service(Box::new(err));
-                }
-                Ok(Err(e)) => {
-                    let kind = transport_kind(&e);
-                    let retryable = match kind {
-                        TransportKind::Tls => false,
-                        TransportKind::Connect => true,
-                        TransportKind::Timeout | TransportKind::Io => call.idempotent,
-                    };
-                    if kind != TransportKind::Tls {
-                        RequestStats::add(&counters.faults, 1);
-                    }
-                    last_err = BlobError::Transport {
-                        operation: call.op,
-                        resource: call.resource.clone(),
-                        kind,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        source: Box::new(e),
-                    };
-                    if !retryable {
-                        self.record_failure(&last_err);
-                        return Err(last_err);
-                    }
-                    retry_wait = None;
-                }
-                Err(_) => {
-                    last_err = BlobError::Transport {
-                        operation: call.op,
-                        resource: call.resource.clone(),
-                        kind: TransportKind::Timeout,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        source: format!("no response within {:?}", policy.attempt_timeout).into(),
-                    };
-                    RequestStats::add(&counters.faults, 1);
-                    if !call.idempotent {
-                        self.record_failure(&last_err);
-                        return Err(last_err);
-                    }
-                    retry_wait = None;
-                }
-            }
             let delay = policy.delay(attempt, retry_wait);
             if attempt >= policy.max_attempts || started.elapsed() + delay > policy.deadline {
                 tracing::warn!(op = call.op, resource = %call.resource, attempts = attempt, error = %last_err, "giving up");
-                let final_err = match last_err {
-                    BlobError::Transport {
-                        operation,
-                        resource,
-                        kind,
-                        source,
-                        ..
-                    } => BlobError::Transport {
-                        operation,
-                        resource,
-                        kind,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        source,
-                    },
-                    other => other,
-                };
+                let final_err = last_err.with_attempts(attempt, started.elapsed());
                 self.record_failure(&final_err);
                 return Err(final_err);
             }
-            RequestStats::add(&counters.retries, 1);
+            RequestStats::add(&self.inner.stats.op(call.op).retries, 1);
             tracing::info!(op = call.op, resource = %call.resource, attempt, delay_ms = delay.as_millis() as u64, error = %last_err, "retrying");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt of `call`: sent with the current account key, its answer
+    /// classified. A final failure is returned as `Err` (and recorded).
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        attempt: u32,
+        started: Instant,
+        tried_keys: &mut Vec<AccountKey>,
+    ) -> Result<Attempt, BlobError> {
+        let policy = &self.inner.retry;
+        let counters = self.inner.stats.op(call.op);
+        let account_key = match &self.inner.credential {
+            Credential::SharedKey(c) => Some(c.current().1),
+            Credential::Sas(_) => None,
+        };
+        let (url, headers) = self.prepare(call, account_key.as_ref())?;
+        let req = self
+            .inner
+            .http
+            .request(call.method.clone(), url)
+            .headers(headers)
+            .body(call.body.clone());
+        RequestStats::add(&counters.requests, 1);
+        RequestStats::add(&counters.bytes_out, call.body.len() as u64);
+        let t0 = Instant::now();
+        let transport =
+            |kind, source: Box<dyn std::error::Error + Send + Sync>| BlobError::Transport {
+                operation: call.op,
+                resource: call.resource.clone(),
+                kind,
+                attempts: attempt,
+                elapsed: started.elapsed(),
+                source,
+            };
+        let fail = |err: BlobError| {
+            self.record_failure(&err);
+            Err(err)
+        };
+        match tokio::time::timeout(policy.attempt_timeout, req.send()).await {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                tracing::debug!(
+                    op = call.op,
+                    resource = %call.resource,
+                    status = status.as_u16(),
+                    request_id = %header_str(resp.headers(), "x-ms-request-id").unwrap_or("-"),
+                    attempt,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "blob request"
+                );
+                if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                    return Ok(Attempt::Done(resp));
+                }
+                let (mut err, retry_after) = self.service_error(call, resp).await;
+                err.attempts = attempt;
+                if err.mac_mismatch {
+                    if let (Credential::SharedKey(cred), Some(k)) =
+                        (&self.inner.credential, &account_key)
+                    {
+                        if cred.rotate_after_failure(k, tried_keys).is_some() {
+                            RequestStats::add(&self.inner.stats.key_switches, 1);
+                            return Ok(Attempt::KeySwitched);
+                        }
+                    }
+                }
+                if !status_is_retryable(err.status) {
+                    tracing::debug!(error = %err, "blob request failed");
+                    return fail(BlobError::Service(Box::new(err)));
+                }
+                RequestStats::add(&counters.faults, 1);
+                Ok(Attempt::Transient(
+                    BlobError::Service(Box::new(err)),
+                    retry_after,
+                ))
+            }
+            Ok(Err(e)) => {
+                let kind = transport_kind(&e);
+                let retryable = match kind {
+                    TransportKind::Tls => false,
+                    TransportKind::Connect => true,
+                    TransportKind::Timeout | TransportKind::Io => call.idempotent,
+                };
+                if kind != TransportKind::Tls {
+                    RequestStats::add(&counters.faults, 1);
+                }
+                let err = transport(kind, Box::new(e));
+                if !retryable {
+                    return fail(err);
+                }
+                Ok(Attempt::Transient(err, None))
+            }
+            Err(_) => {
+                RequestStats::add(&counters.faults, 1);
+                let err = transport(
+                    TransportKind::Timeout,
+                    format!("no response within {:?}", policy.attempt_timeout).into(),
+                );
+                if !call.idempotent {
+                    return fail(err);
+                }
+                Ok(Attempt::Transient(err, None))
+            }
         }
     }
 

@@ -174,6 +174,28 @@ impl BlobError {
     /// header) or an unsupported-version/feature code. Callers fall back to
     /// streaming the bytes. Source-key refusals of a service that does support
     /// them are 409s and are not this.
+    /// The error as it ends a request: attempts made and time spent so far
+    /// (a transport error keeps the figures of its own attempt otherwise).
+    pub(crate) fn with_attempts(self, attempts: u32, elapsed: std::time::Duration) -> BlobError {
+        match self {
+            BlobError::Transport {
+                operation,
+                resource,
+                kind,
+                source,
+                ..
+            } => BlobError::Transport {
+                operation,
+                resource,
+                kind,
+                attempts,
+                elapsed,
+                source,
+            },
+            other => other,
+        }
+    }
+
     pub fn is_source_cpk_unsupported(&self) -> bool {
         match self.service() {
             Some(s) => {

@@ -8,6 +8,7 @@ pub mod cpk;
 pub mod error;
 pub mod from_url;
 pub mod keyvault;
+pub mod listing;
 pub mod ops;
 pub mod server;
 pub mod store;

@@ -5,7 +5,7 @@ use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -17,6 +17,7 @@ use md5::{Digest, Md5};
 
 use super::cpk::{self, CpkKey};
 use super::error::{xml_escape, ApiError};
+use super::listing::{decode_marker, encode_marker, list_page, ListItem};
 use super::server::{empty, full, Req, RespBody, Shared};
 use super::store::{new_etag, next_seq, BlobEntry, Block, Committed, Container, CopyInfo, Props};
 
@@ -552,60 +553,6 @@ fn xml_response(status: u16, body: String) -> Response<RespBody> {
 // listing
 // ---------------------------------------------------------------------------------
 
-#[derive(Debug, PartialEq)]
-pub enum ListItem<'a> {
-    Blob(&'a str),
-    Prefix(String),
-}
-
-/// One page of a listing over sorted, visible `names` that start at the marker.
-/// Returns the items and the name to resume from (None = last page).
-pub fn list_page<'a>(
-    names: impl Iterator<Item = &'a str>,
-    prefix: &str,
-    delimiter: &str,
-    max: usize,
-) -> (Vec<ListItem<'a>>, Option<String>) {
-    let mut items = Vec::new();
-    let mut last_prefix: Option<String> = None;
-    for name in names {
-        if !name.starts_with(prefix) {
-            if name > prefix {
-                break;
-            }
-            continue;
-        }
-        if let Some(p) = &last_prefix {
-            if name.starts_with(p.as_str()) {
-                continue;
-            }
-        }
-        if items.len() >= max {
-            return (items, Some(name.to_string()));
-        }
-        let rest = &name[prefix.len()..];
-        if !delimiter.is_empty() {
-            if let Some(pos) = rest.find(delimiter) {
-                let p = format!("{prefix}{}", &rest[..pos + delimiter.len()]);
-                items.push(ListItem::Prefix(p.clone()));
-                last_prefix = Some(p);
-                continue;
-            }
-        }
-        items.push(ListItem::Blob(name));
-    }
-    (items, None)
-}
-
-fn encode_marker(name: &str) -> String {
-    format!("2!{}", URL_SAFE_NO_PAD.encode(name.as_bytes()))
-}
-
-fn decode_marker(m: &str) -> Option<String> {
-    let b = m.strip_prefix("2!")?;
-    String::from_utf8(URL_SAFE_NO_PAD.decode(b).ok()?).ok()
-}
-
 fn xml_name(name: &str) -> String {
     let bad = name.chars().any(|c| {
         (c < ' ' && c != '\t' && c != '\n' && c != '\r') || c == '\u{fffe}' || c == '\u{ffff}'
@@ -674,17 +621,18 @@ fn list_blobs(shared: &Shared, req: Req) -> R {
     let base = shared.base_url.lock().unwrap().clone();
     let mut st = shared.state.lock().unwrap();
     let c = container_mut(&mut st, &req)?;
-    let start = if marker.as_str() > prefix.as_str() {
-        marker.clone()
-    } else {
-        prefix.clone()
+    let blobs = &c.blobs;
+    // A range of the ordered map from each point the walk seeks to: the page
+    // costs O(page), whatever the container holds (listing.rs).
+    let visible_from = |start: &str| {
+        blobs
+            .range::<str, _>((Bound::Included(start), Bound::Unbounded))
+            .filter(move |(_, e)| {
+                e.committed.is_some() || (inc_uncommitted && !e.uncommitted.is_empty())
+            })
+            .map(|(n, _)| n.as_str())
     };
-    let visible = c
-        .blobs
-        .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded))
-        .filter(|(_, e)| e.committed.is_some() || (inc_uncommitted && !e.uncommitted.is_empty()))
-        .map(|(n, _)| n.as_str());
-    let (items, next) = list_page(visible, &prefix, &delimiter, max);
+    let (items, next) = list_page(visible_from, &marker, &prefix, &delimiter, max);
 
     let mut x = String::with_capacity(512 + items.len() * 700);
     x.push_str(&format!(
@@ -717,7 +665,7 @@ fn list_blobs(shared: &Shared, req: Req) -> R {
                 x.push_str("</BlobPrefix>");
             }
             ListItem::Blob(name) => {
-                let e = &c.blobs[*name];
+                let e = &blobs[*name];
                 x.push_str("<Blob>");
                 x.push_str(&xml_name(name));
                 x.push_str("<Properties>");
@@ -1560,80 +1508,6 @@ mod tests {
         assert_eq!(crc64(&big), 0x8821D9F150FEC9FC);
         assert_eq!(crc64_b64(&big), "/Mn+UPHZIYg=");
         assert_eq!(md5_b64(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
-    }
-
-    fn page<'a>(
-        names: &'a [&'a str],
-        marker: &str,
-        prefix: &str,
-        delim: &str,
-        max: usize,
-    ) -> (Vec<ListItem<'a>>, Option<String>) {
-        let start = if marker > prefix { marker } else { prefix };
-        list_page(
-            names.iter().copied().filter(move |n| *n >= start),
-            prefix,
-            delim,
-            max,
-        )
-    }
-
-    #[test]
-    fn listing_prefixes_and_paging() {
-        let names = [
-            "a/1", "a/2", "a/b/1", "a/b/2", "a/c", "b", "c/x", "c/y", "d",
-        ];
-        let (items, next) = page(&names, "", "", "/", 10);
-        assert_eq!(
-            items,
-            vec![
-                ListItem::Prefix("a/".into()),
-                ListItem::Blob("b"),
-                ListItem::Prefix("c/".into()),
-                ListItem::Blob("d")
-            ]
-        );
-        assert!(next.is_none());
-        // prefix + delimiter
-        let (items, _) = page(&names, "", "a/", "/", 10);
-        assert_eq!(
-            items,
-            vec![
-                ListItem::Blob("a/1"),
-                ListItem::Blob("a/2"),
-                ListItem::Prefix("a/b/".into()),
-                ListItem::Blob("a/c")
-            ]
-        );
-        // paging with 1 result per page never repeats a prefix
-        let mut marker = String::new();
-        let mut all = Vec::new();
-        loop {
-            let (items, next) = page(&names, &marker, "", "/", 1);
-            assert!(items.len() <= 1);
-            for i in items {
-                all.push(match i {
-                    ListItem::Blob(b) => b.to_string(),
-                    ListItem::Prefix(p) => p,
-                });
-            }
-            match next {
-                Some(n) => marker = n,
-                None => break,
-            }
-        }
-        assert_eq!(all, vec!["a/", "b", "c/", "d"]);
-        // flat listing pages
-        let (items, next) = page(&names, "", "", "", 4);
-        assert_eq!(items.len(), 4);
-        assert_eq!(next.as_deref(), Some("a/c"));
-        let (items, next) = page(&names, "a/c", "", "", 100);
-        assert_eq!(items.len(), 5);
-        assert!(next.is_none());
-        // prefix with no delimiter stops after the prefix range
-        let (items, _) = page(&names, "", "c/", "", 100);
-        assert_eq!(items, vec![ListItem::Blob("c/x"), ListItem::Blob("c/y")]);
-        assert_eq!(decode_marker(&encode_marker("a/ü")).as_deref(), Some("a/ü"));
     }
 
     fn blk(n: u64) -> Arc<Block> {

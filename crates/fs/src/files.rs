@@ -580,6 +580,8 @@ impl Fs {
         if s.unlinked {
             return Ok(String::new());
         }
+        #[cfg(test)]
+        super::pause::point_on("commit: sending", path).await;
         let mut attr = s.attr;
         attr.size = ws.size();
         let metadata = attr.to_metadata();
@@ -628,17 +630,39 @@ impl Fs {
 
     /// close() of one descriptor: commit what this file has pending, so that
     /// close returns 0 only when the data is committed.
+    ///
+    /// Except a file created here, never committed and still empty: its
+    /// flush stores nothing, and RELEASE (or the flush after its first write)
+    /// commits it. Shells flush before they write — `echo x > f` opens,
+    /// dup2()s and closes the first descriptor — so committing the empty file
+    /// there would cost a second Put Blob for every such file; `touch` gets
+    /// its one Put Blob at RELEASE. Nothing is lost: RELEASE always commits
+    /// what is pending.
     pub async fn flush(&self, ino: u64, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         if !h.writable {
             return Ok(());
         }
         let node = self.node(ino)?;
+        if node.snapshot().etag.is_none() {
+            let w = node.write.lock().await;
+            if w.as_ref().is_some_and(|ws| {
+                ws.size() == 0 && ws.base_etag().is_none() && ws.failed().is_none()
+            }) {
+                return Ok(());
+            }
+        }
         self.commit_inode(&node).await
     }
 
+    /// fsync commits whatever is pending, the empty new file included.
     pub async fn fsync(&self, ino: u64, fh: u64) -> FsResult<()> {
-        self.flush(ino, fh).await
+        let h = self.handle(fh)?;
+        if !h.writable {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        self.commit_inode(&node).await
     }
 
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
@@ -967,6 +991,45 @@ mod tests {
         let got = fs.read(e.ino, b, 0, 64).await.unwrap();
         assert_eq!(&got[..], b"first second");
         fs.release(e.ino, b).await.unwrap();
+    }
+
+    /// `touch t && rm t`: the kernel sends RELEASE, which stores the empty
+    /// new file, after close() returned, so the UNLINK may arrive while that
+    /// commit is in flight. The unlink waits for it and deletes what it
+    /// stored: no blob outlives the name.
+    #[tokio::test(flavor = "current_thread")]
+    async fn unlink_waits_for_the_commit_of_a_release() {
+        let (_emu, fs) = fs_on_emulator().await;
+        let (e, a) = fs.create(1, "touched-then-rm", 0o644, 0, 0).await.unwrap();
+        fs.flush(e.ino, a).await.unwrap();
+
+        let (reached, resume) = pause::arm_on("commit: sending", "touched-then-rm");
+        let release = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.release(e.ino, a).await }
+        });
+        reached.await.unwrap();
+        let unlink = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.unlink(1, "touched-then-rm").await }
+        });
+        // The commit is under way (the file is not unlinked yet): let the
+        // UNLINK run until it finishes or waits for that commit.
+        for _ in 0..100 {
+            if unlink.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        resume.send(()).unwrap();
+        release.await.unwrap().unwrap();
+        unlink.await.unwrap().unwrap();
+        let err = fs
+            .client()
+            .get_blob_properties("touched-then-rm", None, &Conditions::default())
+            .await
+            .unwrap_err();
+        assert!(err.is_not_found(), "the blob outlived its unlink: {err}");
     }
 
     /// Two writable handles of one file: releasing one (after its close

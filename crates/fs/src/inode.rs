@@ -58,8 +58,10 @@ struct Tables {
     children: HashMap<(u64, String), u64>,
     /// Names known not to exist, until the instant.
     negative: HashMap<(u64, String), Instant>,
-    /// Directories whose full listing is cached until the instant.
-    listed: HashMap<u64, Instant>,
+    /// Directories whose full listing is cached until the instant, and
+    /// whether that listing was one page (such a directory is listed again
+    /// when it expires rather than asked about name by name).
+    listed: HashMap<u64, (Instant, bool)>,
 }
 
 pub struct InodeTable {
@@ -231,6 +233,17 @@ impl InodeTable {
         }
     }
 
+    /// Until when this mount may hold that `name` is absent from `parent`:
+    /// the later of its negative entry and the parent's complete listing
+    /// (None if neither is fresh).
+    pub fn absent_until(&self, parent: u64, name: &str) -> Option<Instant> {
+        let t = self.t.lock().unwrap();
+        let now = Instant::now();
+        let neg = t.negative.get(&(parent, name.to_string())).copied();
+        let listed = t.listed.get(&parent).map(|(u, _)| *u);
+        neg.into_iter().chain(listed).filter(|u| *u > now).max()
+    }
+
     pub fn clear_negative(&self, parent: u64, name: &str) {
         self.t
             .lock()
@@ -240,8 +253,9 @@ impl InodeTable {
     }
 
     /// A complete listing of `dir` was just seen: names not in it are absent.
-    pub fn mark_listed(&self, dir: u64, until: Instant) {
-        self.t.lock().unwrap().listed.insert(dir, until);
+    /// `one_page`: it fit in one List Blobs page.
+    pub fn mark_listed(&self, dir: u64, until: Instant, one_page: bool) {
+        self.t.lock().unwrap().listed.insert(dir, (until, one_page));
     }
 
     pub fn is_listed(&self, dir: u64) -> bool {
@@ -250,7 +264,18 @@ impl InodeTable {
             .unwrap()
             .listed
             .get(&dir)
-            .is_some_and(|u| *u > Instant::now())
+            .is_some_and(|(u, _)| *u > Instant::now())
+    }
+
+    /// The last complete listing of `dir` (fresh or not) fit in one page:
+    /// listing it again costs one request.
+    pub fn listed_in_one_page(&self, dir: u64) -> bool {
+        self.t
+            .lock()
+            .unwrap()
+            .listed
+            .get(&dir)
+            .is_some_and(|(_, one)| *one)
     }
 
     pub fn invalidate_listing(&self, dir: u64) {

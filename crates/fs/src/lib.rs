@@ -9,6 +9,7 @@ pub mod error;
 mod files;
 pub mod inode;
 pub mod keyring;
+mod listing;
 mod namespace;
 pub mod stats;
 pub mod write;
@@ -133,6 +134,8 @@ pub struct Fs {
     /// the source key, service version 2026-02-06): learnt from the first attempt,
     /// once per mount (`namespace.rs`).
     server_copy: namespace::ServerCopy,
+    /// One listing of a directory at a time (`listing.rs`).
+    relists: listing::Relists,
     /// Operations, errors and bytes, for `cpkfs stats`.
     stats: stats::MountStats,
 }
@@ -153,6 +156,11 @@ fn check_name(name: &str) -> FsResult<()> {
     }
     Ok(())
 }
+
+/// Items the lookup probe asks for: enough for the siblings that sort
+/// between `name` and `name/` (`name.txt`, `name-1`) in all but odd
+/// directories, small enough to cost no more than a one-item listing.
+const PROBE_PAGE: u32 = 32;
 
 fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
@@ -197,6 +205,7 @@ impl Fs {
             )),
             deferred_deletes: Mutex::new(HashMap::new()),
             server_copy: namespace::ServerCopy::default(),
+            relists: listing::Relists::default(),
             stats: stats::MountStats::default(),
         })
     }
@@ -356,8 +365,9 @@ impl Fs {
     }
 
     /// Fill in hidden metadata of CPK blobs (bounded parallel keyed HEADs,
-    /// skipped when the (name, ETag) pair was seen before).
-    async fn reveal_cpk_metadata(&self, items: &mut [BlobItem]) {
+    /// skipped when the (name, ETag) pair was seen before). `fetch` false:
+    /// only what is remembered, no request.
+    async fn reveal_cpk_metadata(&self, items: &mut [BlobItem], fetch: bool) {
         use futures::stream::{self, StreamExt};
         let mut todo = vec![];
         for (i, it) in items.iter_mut().enumerate() {
@@ -380,7 +390,7 @@ impl Fs {
             }
             todo.push((i, key));
         }
-        if todo.is_empty() {
+        if todo.is_empty() || !fetch {
             return;
         }
         let results: Vec<(usize, Option<BlobProperties>)> = stream::iter(todo)
@@ -435,39 +445,22 @@ impl Fs {
         } else if self.inodes.is_negative(parent, name) || self.inodes.is_listed(parent) {
             return Err(FsError::NotFound);
         }
+        if let Some(answer) = self.lookup_by_relisting(parent, name).await? {
+            return answer;
+        }
         let dir_path = self.path_of(parent)?;
         let path = join(&dir_path, name);
         self.lookup_remote(parent, name, &path).await
     }
 
     /// Ask the service what `path` is: a blob (file, marker, symlink) and/or a
-    /// prefix (directory). Two listings run concurrently; a CPK blob of ours
-    /// also needs a keyed HEAD for its metadata.
+    /// prefix (directory) — see [`Fs::probe`]. A CPK blob of ours also needs
+    /// a keyed HEAD for its metadata.
     async fn lookup_remote(&self, parent: u64, name: &str, path: &str) -> FsResult<Entry> {
-        let blob_q = ListOptions {
-            prefix: Some(path.to_string()),
-            max_results: Some(1),
-            include_metadata: true,
-            ..Default::default()
-        };
-        let dir_q = ListOptions {
-            prefix: Some(format!("{path}/")),
-            max_results: Some(1),
-            ..Default::default()
-        };
-        let (b, d) = tokio::join!(
-            self.client.list_blobs(&blob_q),
-            self.client.list_blobs(&dir_q)
-        );
-        let (b, d) = (b?, d?);
-        let blob = b
-            .blobs
-            .into_iter()
-            .find(|x| x.name == path && !self.is_unlinked_blob(&x.name, &x.properties.etag));
-        let is_dir_prefix = !d.blobs.is_empty() || !d.prefixes.is_empty();
+        let (blob, is_dir_prefix) = self.probe(path).await?;
         if let Some(mut item) = blob {
             if item.properties.metadata_encrypted {
-                self.reveal_cpk_metadata(std::slice::from_mut(&mut item))
+                self.reveal_cpk_metadata(std::slice::from_mut(&mut item), true)
                     .await;
             }
             let known = !item.properties.metadata_encrypted;
@@ -505,6 +498,49 @@ impl Fs {
         }
         self.inodes.set_negative(parent, name, self.expiry());
         Err(FsError::NotFound)
+    }
+
+    /// The blob named `path` (if any, and not unlinked here while open) and
+    /// whether `path/` is a prefix, usually in one List Blobs: prefix `path`
+    /// with the `/` delimiter lists, in name order, the blob `path` itself,
+    /// then siblings such as `path.txt` (`.` and `-` sort before `/`), then
+    /// the prefix `path/`. The answer is complete once the page reaches a name
+    /// at or after `path/` or the listing ends; only when more than a page of
+    /// such siblings stands in the way does a second listing ask about the
+    /// prefix directly.
+    async fn probe(&self, path: &str) -> FsResult<(Option<BlobItem>, bool)> {
+        let dir = format!("{path}/");
+        let page = self
+            .client
+            .list_blobs(&ListOptions {
+                prefix: Some(path.to_string()),
+                delimiter: Some("/".into()),
+                max_results: Some(PROBE_PAGE),
+                include_metadata: true,
+                ..Default::default()
+            })
+            .await?;
+        let complete = page.next_marker.is_none()
+            || page.prefixes.iter().any(|p| *p >= dir)
+            || page.blobs.iter().any(|b| b.name >= dir);
+        let is_dir = if complete {
+            page.prefixes.contains(&dir)
+        } else {
+            let d = self
+                .client
+                .list_blobs(&ListOptions {
+                    prefix: Some(dir),
+                    max_results: Some(1),
+                    ..Default::default()
+                })
+                .await?;
+            !d.blobs.is_empty() || !d.prefixes.is_empty()
+        };
+        let blob = page
+            .blobs
+            .into_iter()
+            .find(|x| x.name == path && !self.is_unlinked_blob(&x.name, &x.properties.etag));
+        Ok((blob, is_dir))
     }
 
     pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
@@ -635,41 +671,8 @@ impl Fs {
             ..Default::default()
         };
         let mut page = self.client.list_blobs(&opts).await?;
-        self.reveal_cpk_metadata(&mut page.blobs).await;
-        let plen = h.prefix.len();
-        let mut entries: Vec<(String, InodeState)> = vec![];
-        for p in &page.prefixes {
-            let n = p[plen..].trim_end_matches('/').to_string();
-            if n.is_empty() || check_name(&n).is_err() {
-                continue;
-            }
-            entries.push((n.clone(), self.implicit_dir_state(ino, &n)));
-        }
-        for b in &page.blobs {
-            let n = b.name[plen..].to_string();
-            if n.is_empty()
-                || n.contains('/')
-                || check_name(&n).is_err()
-                || self.is_unlinked_blob(&b.name, &b.properties.etag)
-            {
-                continue;
-            }
-            let known = !b.properties.metadata_encrypted;
-            entries.push((
-                n.clone(),
-                self.state_from_props(ino, &n, &b.properties, known),
-            ));
-        }
-        // Sort by name, directories (marker or prefix) merged into one entry:
-        // the first of a name wins, so put directories before files and,
-        // among directories, the marker blob (it carries the mode, owner and
-        // mtime set by mkdir/chmod/utimens) before the bare prefix, whose
-        // attributes are only defaults.
-        entries.sort_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then((a.1.attr.kind != Kind::Dir).cmp(&(b.1.attr.kind != Kind::Dir)))
-                .then(a.1.etag.is_none().cmp(&b.1.etag.is_none()))
-        });
+        self.reveal_cpk_metadata(&mut page.blobs, true).await;
+        let entries = self.page_entries(ino, h.prefix.len(), &page);
         for (n, st) in entries {
             if h.seen.contains(&n) {
                 continue;
@@ -683,7 +686,8 @@ impl Fs {
             Some(m) => h.marker = Some(m),
             None => {
                 h.listing_done = true;
-                self.inodes.mark_listed(ino, self.expiry());
+                let one_page = h.marker.is_none();
+                self.inodes.mark_listed(ino, self.expiry(), one_page);
             }
         }
         Ok(())
@@ -856,7 +860,9 @@ impl Fs {
 
 /// Named points where a test can hold an operation (`arm`), to run another
 /// operation in exactly the interleaving a race needs. Compiled into tests
-/// only; a point nobody armed costs one lock.
+/// only; a point nobody armed costs one lock. Points that every test passes
+/// through carry the blob's path in their name, so a test arms them for its
+/// own file only (unit tests run in parallel).
 #[cfg(test)]
 pub(crate) mod pause {
     use std::sync::Mutex;

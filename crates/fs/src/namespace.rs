@@ -89,9 +89,18 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         self.must_not_exist(parent, name).await?;
+        // No blob lay under `name/` when the name was found absent, so the new
+        // directory is empty as of then: its (empty) listing is held for as
+        // long as that knowledge, and lookups of new names in it (every
+        // create of a `cp -r` or `tar x`) are answered without a request.
+        let empty_until = self.inodes.absent_until(parent, name);
         let path = join(&self.path_of(parent)?, name);
         let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
-        self.store_keyless_node(parent, name, &path, attr).await
+        let e = self.store_keyless_node(parent, name, &path, attr).await?;
+        if let Some(until) = empty_until {
+            self.inodes.mark_listed(e.ino, until, true);
+        }
+        Ok(e)
     }
 
     /// A FIFO, character or block device or unix socket: a zero-byte blob
@@ -244,6 +253,10 @@ impl Fs {
         }
         let node = self.node(e.ino)?;
         let path = join(&self.path_of(parent)?, name);
+        // A commit in flight (the RELEASE of a `touch`, which the kernel sends
+        // after close() returned) decides whether there is a blob to delete:
+        // wait for it, or the blob it stores would outlive the unlink.
+        let _commit = node.write.lock().await;
         if let Some(etag) = node.snapshot().etag {
             let open = self
                 .handles

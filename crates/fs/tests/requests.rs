@@ -73,3 +73,309 @@ async fn rewrite_of_one_block_stages_one_block() {
     expected[at..at + 10].copy_from_slice(b"0123456789");
     assert_eq!(read_all(&mount(&client), "f").await, expected);
 }
+
+/// The operations the emulator counted, without the zeros.
+fn ops(s: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = s["requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    v.sort();
+    v
+}
+
+fn want(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    v.sort();
+    v
+}
+
+/// Every name in directory `ino`, paging through readdir as the kernel does.
+async fn list_names(fs: &cpkfs_fs::Fs, ino: u64) -> Vec<String> {
+    let fh = fs.opendir(ino).unwrap();
+    let mut names = vec![];
+    let mut offset = 0;
+    loop {
+        let batch = fs.readdir(ino, fh, offset).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.next_offset;
+        names.extend(batch.into_iter().map(|e| e.name));
+    }
+    fs.releasedir(fh);
+    names.retain(|n| n != "." && n != "..");
+    names
+}
+
+/// `touch` as the kernel drives it: LOOKUP of the new name (a miss), CREATE,
+/// SETATTR of the times, FLUSH at close, then RELEASE.
+async fn touch(fs: &cpkfs_fs::Fs, dir: u64, name: &str) {
+    assert!(matches!(
+        fs.lookup(dir, name).await,
+        Err(cpkfs_fs::FsError::NotFound)
+    ));
+    let (e, fh) = fs
+        .create(dir, name, libc::S_IFREG | 0o644, 0, 0)
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now();
+    let times = cpkfs_fs::SetAttr {
+        mtime: Some(now),
+        atime: Some(now),
+        ..Default::default()
+    };
+    fs.setattr(e.ino, times).await.unwrap();
+    fs.flush(e.ino, fh).await.unwrap();
+    fs.release(e.ino, fh).await.unwrap();
+}
+
+/// A create must not list: in a directory made by this mount, whose empty
+/// listing it holds, each `touch` of a new name costs exactly one Put Blob
+/// (CPK) — the lookup miss is answered from memory, the flush of the empty
+/// file stores nothing and RELEASE stores it once. Then `rm -r` of it costs
+/// one Delete Blob per file, one listing for readdir and one for rmdir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_in_a_new_directory_make_one_put_blob_each() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    let fs = mount(&client);
+    let d = fs.mkdir(1, "d", 0o755, 0, 0).await.unwrap();
+    const N: u64 = 40;
+    stats.reset().await;
+    for i in 0..N {
+        touch(&fs, d.ino, &format!("f{i:03}")).await;
+    }
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("PutBlob", N)]), "{s}");
+
+    // They are stored: a fresh mount lists them, empty and under the key.
+    let other = mount(&client);
+    let od = other.lookup(1, "d").await.unwrap();
+    let names = list_names(&other, od.ino).await;
+    assert_eq!(names.len() as u64, N, "{names:?}");
+    let e = other.lookup(od.ino, "f007").await.unwrap();
+    assert_eq!((e.attr.size, e.attr.perm), (0, 0o644));
+
+    // rm -r: readdir (one page), N unlinks, rmdir.
+    stats.reset().await;
+    let names = list_names(&fs, d.ino).await;
+    for n in &names {
+        fs.unlink(d.ino, n).await.unwrap();
+    }
+    fs.rmdir(1, "d").await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(
+        ops(&s),
+        want(&[("ListBlobs", 2), ("DeleteBlob", N + 1)]),
+        "{s}"
+    );
+}
+
+/// A lookup miss in a directory whose complete listing the mount holds
+/// (fresh within attr_ttl) is answered from it: the create that follows
+/// costs its Put Blob and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_in_a_listed_directory_makes_no_request() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    {
+        let fs = mount(&client);
+        put_file(&fs, "a", b"a").await;
+        put_file(&fs, "b", b"b").await;
+    }
+    let fs = mount(&client);
+    assert_eq!(list_names(&fs, 1).await, ["a", "b"]);
+    stats.reset().await;
+    let (e, fh) = {
+        assert!(fs.lookup(1, "c").await.is_err());
+        fs.create(1, "c", libc::S_IFREG | 0o644, 0, 0)
+            .await
+            .unwrap()
+    };
+    fs.write(e.ino, fh, 0, b"cc").await.unwrap();
+    fs.flush(e.ino, fh).await.unwrap();
+    fs.release(e.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("PutBlob", 1)]), "{s}");
+}
+
+/// Where the mount holds no listing, a lookup asks the service once: one
+/// List Blobs tells both whether the blob exists and whether the name is a
+/// directory. Only more siblings sorting between `name` and `name/` than
+/// one small page holds (`f.0` … `f.39`) take a second listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_the_mount_cannot_answer_is_one_listing() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    {
+        let fs = mount(&client);
+        put_file(&fs, "a", b"a").await;
+        put_file(&fs, "a.txt", b"t").await;
+        let f = fs.mkdir(1, "f", 0o755, 0, 0).await.unwrap();
+        put_file(&fs, "f.keep", b"k").await;
+        for i in 0..40 {
+            put_file(&fs, &format!("f.{i}"), b"x").await;
+        }
+        let (e, fh) = fs.create(f.ino, "in", 0o644, 0, 0).await.unwrap();
+        fs.write(e.ino, fh, 0, b"in").await.unwrap();
+        fs.release(e.ino, fh).await.unwrap();
+        let g = fs.mkdir(1, "g", 0o755, 0, 0).await.unwrap();
+        let (e, fh) = fs.create(g.ino, "in", 0o644, 0, 0).await.unwrap();
+        fs.release(e.ino, fh).await.unwrap();
+    }
+    let fs = mount(&client);
+    stats.reset().await;
+    assert!(matches!(
+        fs.lookup(1, "zzz").await,
+        Err(cpkfs_fs::FsError::NotFound)
+    ));
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("ListBlobs", 1)]), "miss: {s}");
+
+    // A CPK file of ours: the listing, and a keyed HEAD for its metadata.
+    stats.reset().await;
+    let e = fs.lookup(1, "a").await.unwrap();
+    assert_eq!(e.attr.size, 1);
+    let s = stats.requests().await;
+    assert_eq!(
+        ops(&s),
+        want(&[("ListBlobs", 1), ("GetBlobProperties", 1)]),
+        "file: {s}"
+    );
+
+    // A directory (marker and blobs under it) with one sibling before `g/`.
+    stats.reset().await;
+    let e = fs.lookup(1, "g").await.unwrap();
+    assert_eq!(e.attr.kind, cpkfs_fs::attr::Kind::Dir);
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("ListBlobs", 1)]), "directory: {s}");
+
+    // 41 siblings between `f` and `f/`: a second listing settles it.
+    stats.reset().await;
+    let e = fs.lookup(1, "f").await.unwrap();
+    assert_eq!(e.attr.kind, cpkfs_fs::attr::Kind::Dir);
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("ListBlobs", 2)]), "crowded directory: {s}");
+    assert_eq!(list_names(&fs, e.ino).await, ["in"]);
+}
+
+/// `echo x > new`: the shell's first close (after dup2) flushes before the
+/// write. That flush stores nothing; the last one stores the file once; a
+/// flush with nothing new since the last commit sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_before_the_first_write_stores_nothing() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    let fs = mount(&client);
+    assert!(fs.lookup(1, "new").await.is_err());
+    stats.reset().await;
+    let (e, fh) = fs
+        .create(1, "new", libc::S_IFREG | 0o644, 0, 0)
+        .await
+        .unwrap();
+    fs.flush(e.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(s["total_requests"], 0, "flush of the empty new file: {s}");
+    fs.write(e.ino, fh, 0, b"x\n").await.unwrap();
+    fs.flush(e.ino, fh).await.unwrap();
+    fs.flush(e.ino, fh).await.unwrap();
+    fs.release(e.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("PutBlob", 1)]), "{s}");
+    assert_eq!(read_all(&mount(&client), "new").await, b"x\n");
+
+    // fsync stores even the empty new file, at once.
+    stats.reset().await;
+    let (e, fh) = fs
+        .create(1, "synced", libc::S_IFREG | 0o644, 0, 0)
+        .await
+        .unwrap();
+    fs.fsync(e.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("PutBlob", 1)]), "fsync: {s}");
+    fs.release(e.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("PutBlob", 1)]), "release after fsync: {s}");
+    assert!(mount(&client).lookup(1, "synced").await.is_ok());
+}
+
+/// unlink of a file the mount knows is one Delete Blob; the name is then
+/// absent without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlink_is_one_delete_blob() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    let fs = mount(&client);
+    put_file(&fs, "u", b"gone soon").await;
+    stats.reset().await;
+    fs.unlink(1, "u").await.unwrap();
+    assert!(matches!(
+        fs.lookup(1, "u").await,
+        Err(cpkfs_fs::FsError::NotFound)
+    ));
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("DeleteBlob", 1)]), "{s}");
+    assert!(matches!(
+        mount(&client).lookup(1, "u").await,
+        Err(cpkfs_fs::FsError::NotFound)
+    ));
+}
+
+/// When the listing of a small directory expires (attr_ttl), the next
+/// lookup the mount cannot answer lists the directory again — one request —
+/// and the lookups after it (existing names and misses alike) are answered
+/// from that listing. What other clients changed meanwhile shows: a name
+/// they removed is asked about on its own and is gone, one they added is
+/// found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_listing_is_renewed_with_one_request() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    let ttl = std::time::Duration::from_secs(2);
+    let fs = mount_with_ttl(&client, ttl);
+    let names: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+    for n in &names {
+        put_file(&fs, n, n.as_bytes()).await;
+    }
+    assert_eq!(list_names(&fs, 1).await.len(), names.len());
+    // Another client adds one name and removes another.
+    let other = mount(&client);
+    put_file(&other, "added", b"new").await;
+    other.unlink(1, "a3").await.unwrap();
+    // Wait for the listing to expire (a wait, not a measurement).
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(200)).await;
+
+    stats.reset().await;
+    for n in names.iter().filter(|n| *n != "a3") {
+        assert_eq!(fs.lookup(1, n).await.unwrap().attr.size, n.len() as u64);
+    }
+    for i in 0..10 {
+        assert!(matches!(
+            fs.lookup(1, &format!("missing{i}")).await,
+            Err(cpkfs_fs::FsError::NotFound)
+        ));
+    }
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("ListBlobs", 1)]), "{s}");
+
+    assert!(matches!(
+        fs.lookup(1, "a3").await,
+        Err(cpkfs_fs::FsError::NotFound)
+    ));
+    // Found in the new listing, its metadata hidden (CPK): one keyed HEAD.
+    assert_eq!(fs.lookup(1, "added").await.unwrap().attr.size, 3);
+    let s = stats.requests().await;
+    assert_eq!(
+        ops(&s),
+        want(&[("ListBlobs", 2), ("GetBlobProperties", 1)]),
+        "{s}"
+    );
+}

@@ -119,3 +119,16 @@ pub async fn put_file(fs: &Fs, name: &str, data: &[u8]) {
     fs.flush(e.ino, fh).await.unwrap();
     fs.release(e.ino, fh).await.unwrap();
 }
+
+/// Like [`mount`], with attributes and listings trusted for `ttl` only.
+pub fn mount_with_ttl(client: &BlobClient, ttl: Duration) -> Arc<Fs> {
+    Fs::new(
+        client.clone(),
+        FsConfig {
+            block_size: BLOCK,
+            attr_ttl: ttl,
+            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
+            ..FsConfig::default()
+        },
+    )
+}
