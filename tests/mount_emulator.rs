@@ -7,7 +7,7 @@ mod common;
 mod mount;
 
 use common::pattern;
-use cpkfs::blob::{Conditions, CustomerKey};
+use cpkfs::blob::{BlockRef, CommitOptions, Conditions, CustomerKey};
 use mount::{sha256_file, Mount};
 use std::sync::Arc;
 use std::time::Instant;
@@ -510,31 +510,145 @@ fn mv_of_a_file_replaced_during_the_copy_moves_one_whole_version() {
     assert!(log.contains("the source changed during the copy"), "{log}");
 }
 
+/// The old key of the re-keying benchmark rows (the ring's second line).
+const OLD_KEY: &str = "MDEyMzQ1NjcwMTIzNDU2NzAxMjM0NTY3MDEyMzQ1Njc=";
+
+/// Write `size` bytes of random data to `name` over REST under `key` (8 MiB
+/// Put Blocks, four in flight, then Put Block List): no file on disk, a few
+/// blocks in memory. Returns the data's SHA-256 (hex).
+fn rest_write_random(m: &Mount, name: &str, size: u64, key: &Arc<CustomerKey>) -> String {
+    use base64::Engine;
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    use rand::RngCore;
+    use sha2::{Digest, Sha256};
+    const BLOCK: u64 = 8 * MIB;
+    let c = m.client(Some(key.clone()));
+    let n = size.div_ceil(BLOCK);
+    let ids: Vec<String> = (0..n)
+        .map(|i| base64::engine::general_purpose::STANDARD.encode(format!("bench{i:08}")))
+        .collect();
+    let mut h = Sha256::new();
+    let mut rng = rand::thread_rng();
+    m.block_on(async {
+        // `map` runs in block order, so the hash sees the bytes in order.
+        stream::iter(0..n)
+            .map(|i| {
+                let mut buf = vec![0u8; (size - i * BLOCK).min(BLOCK) as usize];
+                rng.fill_bytes(&mut buf);
+                h.update(&buf);
+                let (c, id) = (c.clone(), ids[i as usize].clone());
+                async move { c.put_block(name, &id, buf.into(), Some(&**key)).await }
+            })
+            .buffered(4)
+            .try_collect::<Vec<()>>()
+            .await
+            .unwrap_or_else(|e| panic!("Put Block {name}: {e}"));
+        let refs: Vec<BlockRef> = ids.iter().cloned().map(BlockRef::Uncommitted).collect();
+        c.put_block_list(name, &refs, &CommitOptions::default(), Some(&**key))
+            .await
+            .unwrap_or_else(|e| panic!("Put Block List {name}: {e}"));
+    });
+    format!("{:x}", h.finalize())
+}
+
+/// Read `name` over REST under `key`, streamed: (SHA-256 hex, length, the key
+/// hash the service reports).
+fn rest_sha256(m: &Mount, name: &str, key: &Arc<CustomerKey>) -> (String, u64, Option<String>) {
+    use sha2::{Digest, Sha256};
+    let c = m.client(Some(key.clone()));
+    m.block_on(async {
+        let mut dl = c
+            .get_blob(name, None, Some(&**key), &Conditions::default())
+            .await
+            .unwrap_or_else(|e| panic!("GET {name}: {e}"));
+        let (mut h, mut len) = (Sha256::new(), 0u64);
+        while let Some(chunk) = dl.next_chunk().await.unwrap() {
+            h.update(&chunk);
+            len += chunk.len() as u64;
+        }
+        (
+            format!("{:x}", h.finalize()),
+            len,
+            dl.properties.cpk_sha256.clone(),
+        )
+    })
+}
+
 /// Benchmark (not run by default: `cargo test --test mount_emulator -- --ignored
 /// bench_rename --nocapture`): mv of a 2 GiB CPK file through the mount, the
-/// service copying it vs the streaming fallback, with the bytes the emulator
-/// exchanged with the mount. Figures in docs/PERFORMANCE.md.
+/// service copying it (Put Block From URL, 256 MiB ranges, four at a time) vs
+/// the streaming fallback (`--no-source-cpk`), for a file under the mount's
+/// current key and for one under an old key of its ring (the re-keying
+/// rename: the service decrypts with the old key and encrypts with the
+/// current one), with the bytes the emulator exchanged with the mount and the
+/// CPU time of the emulator and the mount during the `mv`. Every row: the
+/// file written over REST, the mount holding the ring [current, old]; after
+/// the mv the new name is read over REST with the current key and its
+/// SHA-256 compared. Figures in docs/PERFORMANCE.md.
 #[test]
 #[ignore]
 fn bench_rename_2gib_server_copy_vs_streaming() {
-    for (label, args) in [
-        ("server copy (Put Blob From URL)", vec![]),
-        ("streaming fallback", vec!["--no-source-cpk".to_string()]),
+    const SIZE: u64 = 2048 * MIB;
+    let old = Arc::new(CustomerKey::from_base64(OLD_KEY, None).unwrap());
+    for (label, args, rekey) in [
+        ("same key, server copy (Put Block From URL)", vec![], false),
+        (
+            "same key, streaming fallback",
+            vec!["--no-source-cpk".to_string()],
+            false,
+        ),
+        ("re-key, server copy (Put Block From URL)", vec![], true),
+        (
+            "re-key, streaming fallback",
+            vec!["--no-source-cpk".to_string()],
+            true,
+        ),
     ] {
-        let m = Mount::new(mount::MountOptions {
+        let mut m = Mount::new(mount::MountOptions {
             emulator_args: args,
             block_size: "8M".into(),
             ..Default::default()
         });
-        m.sh("head -c 2G /dev/urandom > $S/big && cp $S/big $M/big", 900);
+        let current = m.key.clone().unwrap();
+        // The ring: the current key first, the old one kept for reading.
+        let ring = m.scratch.parent().unwrap().join("cpk.key");
+        let line = std::fs::read_to_string(&ring).unwrap();
+        std::fs::write(&ring, format!("{}\n{OLD_KEY}\n", line.trim())).unwrap();
+        m.remount();
+        let src_key = if rekey { &old } else { &current };
+        let t = Instant::now();
+        let want = rest_write_random(&m, "big", SIZE, src_key);
+        let put = t.elapsed().as_secs_f64();
         m.reset_stats();
+        let (emu, fuse) = m.pids();
+        let cpu = |p: Option<u32>| p.map(mount::cpu_secs).unwrap_or(0.0);
+        let (emu0, fuse0) = (cpu(emu), cpu(fuse));
         let t = Instant::now();
         m.sh("mv $M/big $M/big2", 900);
         let secs = t.elapsed().as_secs_f64();
+        let (emu_cpu, fuse_cpu) = (cpu(emu) - emu0, cpu(fuse) - fuse0);
         let st = m.stats();
-        m.sh("cmp $S/big $M/big2 && rm $S/big", 900);
+        let t = Instant::now();
+        let (got, len, hash) = rest_sha256(&m, "big2", &current);
+        let check = t.elapsed().as_secs_f64();
+        assert_eq!(len, SIZE, "{label}: size after mv");
+        assert_eq!(got, want, "{label}: content after mv");
+        assert_eq!(
+            hash.as_deref(),
+            Some(current.sha256()),
+            "{label}: not under the current key"
+        );
+        let gone = m.block_on(m.client(Some(src_key.clone())).get_blob_properties(
+            "big",
+            Some(&**src_key),
+            &Conditions::default(),
+        ));
+        assert!(
+            gone.is_err_and(|e| e.is_not_found()),
+            "{label}: the source is left"
+        );
         println!(
-            "BENCH rename 2 GiB, {label}: {secs:.2} s, bytes_in {} bytes_out {} requests {}",
+            "BENCH rename 2 GiB, {label}: {secs:.2} s (CPU: emulator {emu_cpu:.2} s, mount {fuse_cpu:.2} s), bytes_in {} bytes_out {} requests {} [REST write {put:.1} s, check {check:.1} s]",
             st["bytes_in"], st["bytes_out"], st["requests"]
         );
     }

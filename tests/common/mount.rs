@@ -283,6 +283,15 @@ impl Mount {
         (b.build().unwrap(), url)
     }
 
+    /// Process ids of the emulator (if this mount started one) and of the
+    /// mount process (while mounted), e.g. for their CPU time.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.emulator.as_ref().map(Child::id),
+            self.fuse.as_ref().map(Child::id),
+        )
+    }
+
     /// The emulator's request counters.
     pub fn stats(&self) -> serde_json::Value {
         let (c, url) = self.admin_http();
@@ -419,6 +428,19 @@ impl Drop for Mount {
             let _ = e.wait();
         }
     }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds, from
+/// /proc/PID/stat; 0 if it cannot be read.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (3).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime is field 14, stime 15; `f[0]` is field 3.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
 }
 
 /// sha256sum of a file, as hex.
