@@ -359,16 +359,18 @@ impl Fs {
             // otherwise fetch just the bytes asked for (without a disk tier).
             let key = self.block_key(path, etag, first, cpk.as_deref());
             let s = (offset - first * b) as usize;
-            if let Some(block) = self.cache.lookup(&key) {
-                return Ok(block.slice(s..s + (end - offset) as usize));
-            }
-            // With a disk tier, a missed block is fetched whole and cached
-            // (memory, then disk when evicted): reads that arrive out of
-            // order (several FUSE threads) would otherwise fetch ranges that
-            // are never cached, and a second pass would fetch them again.
+            // With a disk tier, the block is served or fetched whole and
+            // cached (memory, then disk when evicted): reads that arrive out
+            // of order (several FUSE threads) would otherwise fetch ranges
+            // that are never cached, and a second pass would fetch them
+            // again. `get_or_fetch` looks in memory first and counts the
+            // hit or miss once.
             if self.cache.on_disk(&key) || self.cache.disk().is_some_and(|d| d.is_enabled()) {
                 let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
                 let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
+                return Ok(block.slice(s..s + (end - offset) as usize));
+            }
+            if let Some(block) = self.cache.lookup(&key) {
                 return Ok(block.slice(s..s + (end - offset) as usize));
             }
             let (bytes, _) = self
