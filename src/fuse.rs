@@ -1,7 +1,12 @@
 //! Thin fuser adapter: translate kernel requests into calls on the fs core
 //! and its results into replies. No callback blocks a FUSE thread on the
-//! network: each request becomes a task on the tokio runtime, which replies
-//! when done.
+//! network: a request that may need the service becomes a task on the tokio
+//! runtime, which replies when done. Those the core can answer from memory
+//! (its `*_cached`/`*_now` methods: a fresh lookup or getattr, a read-only
+//! open, a close with nothing to store, a create) are answered in the
+//! callback itself: handing them to a task and back cost more than the
+//! work (context switches between FUSE and tokio threads were the largest
+//! item in the profile of `xargs touch`, docs/PERFORMANCE.md).
 
 use crate::fs::attr::{Attr, Kind};
 use crate::fs::{Fs, FsError, SetAttr};
@@ -48,6 +53,14 @@ impl FuseAdapter {
                 Err(e) => reply.error(errno(&fs, op, at, &e)),
             }
         });
+    }
+
+    /// Answer now with an empty reply or the errno of `res`.
+    fn reply_now(&self, op: &'static str, at: At, reply: ReplyEmpty, res: Result<(), FsError>) {
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&self.fs, op, at, &e)),
+        }
     }
 
     /// Run `work` on the runtime and answer with the entry or its errno.
@@ -140,6 +153,14 @@ fn errno(fs: &Fs, op: &str, at: At, e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Extended attribute namespaces this filesystem has no handler for: the
+/// kernel's own (`security.*`: SELinux/SMACK labels, capabilities; `system.*`:
+/// POSIX ACLs) and `trusted.*`. Only `user.*` names exist here.
+fn name_is_unsupported_namespace(name: &OsStr) -> bool {
+    let n = name.as_encoded_bytes();
+    n.starts_with(b"security.") || n.starts_with(b"system.") || n.starts_with(b"trusted.")
+}
+
 fn time_or_now(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -163,8 +184,10 @@ macro_rules! name_or_reply {
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(
+            // Always readdirplus (no READDIRPLUS_AUTO): a listing brings
+            // every entry's attributes at no extra cost, while plain
+            // readdir makes `ls -l` and `find` send a LOOKUP per entry.
             InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_PARALLEL_DIROPS
                 | InitFlags::FUSE_ASYNC_READ
                 | InitFlags::FUSE_BIG_WRITES,
@@ -177,8 +200,15 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.count("lookup");
         let name = name_or_reply!(name, reply);
-        let fs = self.fs.clone();
         let at = At::Entry(parent.0, name.clone());
+        match self.fs.lookup_cached(parent.0, &name) {
+            Some(Ok(e)) => {
+                return reply.entry(&self.ttl, &file_attr(e.ino, &e.attr), Generation(0))
+            }
+            Some(Err(e)) => return reply.error(errno(&self.fs, "lookup", at, &e)),
+            None => {}
+        }
+        let fs = self.fs.clone();
         self.reply_entry("lookup", at, reply, async move {
             fs.lookup(parent.0, &name).await
         });
@@ -186,6 +216,11 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.count("getattr");
+        match self.fs.getattr_cached(ino.0) {
+            Some(Ok(e)) => return reply.attr(&self.ttl, &file_attr(e.ino, &e.attr)),
+            Some(Err(e)) => return reply.error(errno(&self.fs, "getattr", At::Ino(ino.0), &e)),
+            None => {}
+        }
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.getattr(ino.0).await {
@@ -394,6 +429,11 @@ impl Filesystem for FuseAdapter {
         let acc = flags.0 & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = flags.0 & libc::O_TRUNC != 0;
+        match self.fs.open_cached(ino.0, write) {
+            Some(Ok(fh)) => return reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Some(Err(e)) => return reply.error(errno(&self.fs, "open", At::Ino(ino.0), &e)),
+            None => {}
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, write, trunc).await {
@@ -468,6 +508,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.count("flush");
+        if let Some(res) = self.fs.flush_cached(ino.0, fh.0) {
+            return self.reply_now("flush", At::Ino(ino.0), reply, res);
+        }
         let fs = self.fs.clone();
         self.reply_empty("flush", At::Ino(ino.0), reply, async move {
             fs.flush(ino.0, fh.0).await
@@ -485,6 +528,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.count("release");
+        if let Some(res) = self.fs.release_now(ino.0, fh.0) {
+            return self.reply_now("release", At::Ino(ino.0), reply, res);
+        }
         let fs = self.fs.clone();
         self.reply_empty("release", At::Ino(ino.0), reply, async move {
             fs.release(ino.0, fh.0).await
@@ -669,6 +715,12 @@ impl Filesystem for FuseAdapter {
                 Ok(None) => b"none (not encrypted with a customer-provided key)".to_vec(),
                 Err(e) => return reply.error(errno(&self.fs, "getxattr", At::Ino(ino.0), &e)),
             }
+        } else if name_is_unsupported_namespace(name) {
+            // No security labels or POSIX ACLs here: say "not supported",
+            // not "no such attribute". `ls -l` then stops asking (coreutils
+            // remembers ENOTSUP per device) instead of sending two
+            // GETXATTRs per file listed.
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         } else {
             return reply.error(Errno::from_i32(libc::ENODATA));
         };
@@ -733,17 +785,25 @@ impl Filesystem for FuseAdapter {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         let (uid, gid) = (req.uid(), req.gid());
         let at = At::Entry(parent.0, name.clone());
+        let created = move |reply: ReplyCreate,
+                            res: Result<(crate::fs::Entry, u64), FsError>,
+                            fs: &Fs,
+                            at| match res {
+            Ok((e, fh)) => reply.created(
+                &ttl,
+                &file_attr(e.ino, &e.attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(fs, "create", at, &e)),
+        };
+        if let Some(res) = fs.create_now(parent.0, &name, mode & !umask, uid, gid) {
+            return created(reply, res, &fs, at);
+        }
         self.rt.spawn(async move {
-            match fs.create(parent.0, &name, mode & !umask, uid, gid).await {
-                Ok((e, fh)) => reply.created(
-                    &ttl,
-                    &file_attr(e.ino, &e.attr),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(errno(&fs, "create", at, &e)),
-            }
+            let res = fs.create(parent.0, &name, mode & !umask, uid, gid).await;
+            created(reply, res, &fs, at)
         });
     }
 }

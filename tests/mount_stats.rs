@@ -332,3 +332,56 @@ fn retries_and_faults_agree_with_the_faults_the_emulator_injected() {
         "requests by operation, retries included"
     );
 }
+
+/// FUSE calls per operation, as the mount counts them.
+fn fuse_calls(s: &Value) -> BTreeMap<String, u64> {
+    s["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["op"].as_str().unwrap().to_string(),
+                o["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `ls -l` of a listed directory costs the kernel round trips it needs and
+/// no more: readdirplus brings every entry's attributes (no LOOKUP per
+/// entry), and security labels and POSIX ACLs are "not supported" (ls stops
+/// asking after the first file) rather than "no such attribute" (two
+/// GETXATTRs per file). Our own attribute still reads.
+#[test]
+fn ls_l_sends_no_lookup_or_getxattr_per_entry() {
+    const N: usize = 200;
+    let m = Mount::new(MountOptions {
+        attr_ttl: "600".into(),
+        ..Default::default()
+    });
+    m.sh(
+        &format!("mkdir $M/d && cd $M/d && seq {N} | xargs touch"),
+        120,
+    );
+    let out = m.sh_status("getfattr -n security.selinux $M/d/1", 30);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not supported"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = m.sh_status("getfattr -n user.nothing $M/d/1", 30);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such attribute"));
+    let out = m.sh("getfattr --only-values -n user.cpkfs.key_sha256 $M/d/1", 30);
+    assert_eq!(out, m.key.as_ref().unwrap().sha256());
+
+    let before = fuse_calls(&snapshot(&m));
+    let listed = m.sh("ls -l $M/d | tail -n +2 | wc -l", 60);
+    assert_eq!(listed.trim(), N.to_string());
+    let after = fuse_calls(&snapshot(&m));
+    let calls = |op: &str| after.get(op).unwrap_or(&0) - before.get(op).unwrap_or(&0);
+    assert!(calls("lookup") <= 2, "lookups: {}", calls("lookup"));
+    assert!(calls("getxattr") <= 4, "getxattrs: {}", calls("getxattr"));
+    assert!(calls("readdirplus") >= 1);
+}

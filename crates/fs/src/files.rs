@@ -50,7 +50,9 @@ impl Fs {
         fh
     }
 
-    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<u64> {
+    /// The inode `open` may open: a regular file, and writable only on a
+    /// read-write mount.
+    fn openable(&self, ino: u64, write: bool) -> FsResult<Arc<Inode>> {
         let node = self.node(ino)?;
         match node.kind() {
             Kind::Dir => return Err(FsError::IsDir),
@@ -62,19 +64,51 @@ impl Fs {
         if write && self.cfg.read_only {
             return Err(FsError::ReadOnly);
         }
+        Ok(node)
+    }
+
+    /// Must `open` re-learn the file's attributes from the service first?
+    /// (They expired, and no write session holds a newer local view.)
+    fn open_needs_refresh(node: &Inode) -> bool {
         let s = node.snapshot();
-        if s.etag.is_some()
+        s.etag.is_some()
             && s.expires <= Instant::now()
             && node.write.try_lock().map(|w| w.is_none()).unwrap_or(false)
-        {
+    }
+
+    /// A read-only handle pinned to the version the inode describes now.
+    fn open_read_only(&self, node: &Inode) -> FsResult<u64> {
+        let path = self.path_of(node.ino)?;
+        let s = node.snapshot();
+        let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
+        Ok(self.new_handle(node.ino, false, s.etag, s.attr.size, cpk))
+    }
+
+    /// `open` answered from memory: a read-only open of a file whose
+    /// attributes are fresh. `None`: take [`Fs::open`].
+    pub fn open_cached(&self, ino: u64, write: bool) -> Option<FsResult<u64>> {
+        if write {
+            return None;
+        }
+        let node = match self.openable(ino, false) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        if Self::open_needs_refresh(&node) {
+            return None;
+        }
+        Some(self.open_read_only(&node))
+    }
+
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<u64> {
+        let node = self.openable(ino, write)?;
+        if Self::open_needs_refresh(&node) {
             self.getattr(ino).await?;
         }
-        let path = self.path_of(ino)?;
         if !write {
-            let s = node.snapshot();
-            let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
-            return Ok(self.new_handle(ino, false, s.etag, s.attr.size, cpk));
+            return self.open_read_only(&node);
         }
+        let path = self.path_of(ino)?;
         let mut w = node.write.lock().await;
         // Read the state under the write lock: a commit by another handle
         // may have moved the ETag since any snapshot taken before it.
@@ -106,7 +140,6 @@ impl Fs {
         Ok(self.new_handle(ino, true, s.etag, s.attr.size, cpk))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub async fn create(
         &self,
         parent: u64,
@@ -115,6 +148,53 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> FsResult<(Entry, u64)> {
+        // The commit will carry If-None-Match: a blob left for descriptors
+        // of an unlinked file of this name must go first.
+        self.reclaim_name(&super::join(&self.path_of(parent)?, name))
+            .await;
+        let (node, attr) = self.create_node(parent, name, mode, uid, gid)?;
+        let mut w = node.write.lock().await;
+        Ok(self.open_created(&node, &mut w, parent, attr))
+    }
+
+    /// `create` done in memory, as it usually is: the new file is stored by
+    /// its first close. `None` when a blob of this name still waits for the
+    /// descriptors of an unlinked file (it must be deleted first), or the
+    /// inode's write lock is busy: take [`Fs::create`].
+    pub fn create_now(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Option<FsResult<(Entry, u64)>> {
+        let path = match self.path_of(parent) {
+            Ok(p) => super::join(&p, name),
+            Err(e) => return Some(Err(e)),
+        };
+        if self.name_has_deferred_delete(&path) {
+            return None;
+        }
+        let (node, attr) = match self.create_node(parent, name, mode, uid, gid) {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut w = node.write.try_lock().ok()?;
+        Some(Ok(self.open_created(&node, &mut w, parent, attr)))
+    }
+
+    /// Check a create and put its inode in the table (uncommitted, so
+    /// lookups find it). Doing this twice — the fast path, then the async
+    /// one — leaves the same state.
+    fn create_node(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Arc<Inode>, Attr)> {
         super::check_name(name)?;
         if self.cfg.read_only {
             return Err(FsError::ReadOnly);
@@ -136,24 +216,28 @@ impl Fs {
             local_etag: None,
             local_times: false,
         };
-        // The commit will carry If-None-Match: a blob left for descriptors
-        // of an unlinked file of this name must go first.
-        self.reclaim_name(&super::join(&self.path_of(parent)?, name))
-            .await;
-        let node = self.inodes.upsert(parent, name, st);
-        let mut w = node.write.lock().await;
+        Ok((self.inodes.upsert(parent, name, st), attr))
+    }
+
+    /// Give a created inode its empty write session and a handle,
+    /// registered under the write lock (`w`), as in `open`.
+    fn open_created(
+        &self,
+        node: &Inode,
+        w: &mut Option<WriteSession>,
+        parent: u64,
+        attr: Attr,
+    ) -> (Entry, u64) {
         *w = Some(WriteSession::new_empty(None));
-        // Registered under the write lock, as in `open`.
         let fh = self.new_handle(node.ino, true, None, 0, None);
-        drop(w);
         self.dir_changed(parent);
-        Ok((
+        (
             Entry {
                 ino: node.ino,
                 attr,
             },
             fh,
-        ))
+        )
     }
 
     /// (etag, size, key) a read of this handle uses: its pinned version, or
@@ -648,16 +732,75 @@ impl Fs {
     /// `echo x > f` therefore stores twice (its first close, after dup2, comes
     /// before the write); the kernel cannot tell that close from the last one.
     pub async fn flush(&self, ino: u64, fh: u64) -> FsResult<()> {
-        let h = self.handle(fh)?;
-        if !h.writable {
-            return Ok(());
+        if let Some(answer) = self.flush_cached(ino, fh) {
+            return answer;
         }
         let node = self.node(ino)?;
         self.commit_inode(&node).await
     }
 
+    /// A close with nothing to store: a read-only descriptor, or a file
+    /// whose writes are all committed. `None`: something may be pending, or
+    /// a commit is under way (its result is this close's) — take
+    /// [`Fs::flush`].
+    pub fn flush_cached(&self, ino: u64, fh: u64) -> Option<FsResult<()>> {
+        let h = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        if !h.writable {
+            return Some(Ok(()));
+        }
+        let node = self.node(ino).ok()?;
+        let w = node.write.try_lock().ok()?;
+        match w.as_ref() {
+            Some(ws) if ws.is_dirty() || ws.failed().is_some() => None,
+            _ => Some(Ok(())),
+        }
+    }
+
     pub async fn fsync(&self, ino: u64, fh: u64) -> FsResult<()> {
         self.flush(ino, fh).await
+    }
+
+    /// A release with nothing to store and no blob to delete, done in
+    /// memory. `None`: take [`Fs::release`].
+    pub fn release_now(&self, ino: u64, fh: u64) -> Option<FsResult<()>> {
+        let writable = match self.handles.lock().unwrap().get(&fh) {
+            Some(h) => h.writable,
+            None => return Some(Err(FsError::BadHandle)),
+        };
+        if self.has_deferred_delete(ino) {
+            return None;
+        }
+        let node = match self.node(ino) {
+            Ok(node) if writable => node,
+            other => {
+                self.handles.lock().unwrap().remove(&fh);
+                return Some(other.map(|_| ()));
+            }
+        };
+        // As in `release`: decided and unregistered under the write lock.
+        let mut w = node.write.try_lock().ok()?;
+        if w.as_ref()
+            .is_some_and(|ws| ws.is_dirty() || ws.failed().is_some())
+        {
+            return None;
+        }
+        self.handles.lock().unwrap().remove(&fh);
+        if !self.has_other_writer(ino) {
+            *w = None;
+        }
+        Some(Ok(()))
+    }
+
+    /// Does a writable handle of `ino` remain registered?
+    fn has_other_writer(&self, ino: u64) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|o| o.ino == ino && o.writable)
     }
 
     pub async fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
@@ -696,13 +839,7 @@ impl Fs {
             },
             _ => Ok(()),
         };
-        let others = self
-            .handles
-            .lock()
-            .unwrap()
-            .values()
-            .any(|o| o.ino == ino && o.writable);
-        if !others {
+        if !self.has_other_writer(ino) {
             *w = None;
         }
         drop(w);

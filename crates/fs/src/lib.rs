@@ -461,11 +461,20 @@ impl Fs {
 
     // ------------------------------------------------------------------ lookup
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
-        check_name(name)?;
-        let pnode = self.node(parent)?;
+    /// The answer to a lookup when memory holds it: a fresh entry, a file
+    /// created here and not committed yet, a name known to be absent, or an
+    /// invalid request. `None`: only the service can tell ([`Fs::lookup`]).
+    /// Synchronous, so the FUSE adapter answers these without a task.
+    pub fn lookup_cached(&self, parent: u64, name: &str) -> Option<FsResult<Entry>> {
+        if let Err(e) = check_name(name) {
+            return Some(Err(e));
+        }
+        let pnode = match self.node(parent) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
         if pnode.kind() != Kind::Dir {
-            return Err(FsError::NotDir);
+            return Some(Err(FsError::NotDir));
         }
         if let Some(child) = self.inodes.child(parent, name) {
             let s = child.snapshot();
@@ -474,13 +483,22 @@ impl Fs {
                 || s.expires > Instant::now())
                 && s.meta_known
             {
-                return Ok(Entry {
+                return Some(Ok(Entry {
                     ino: child.ino,
                     attr: s.attr,
-                });
+                }));
             }
+            None
         } else if self.inodes.is_negative(parent, name) || self.inodes.is_listed(parent) {
-            return Err(FsError::NotFound);
+            Some(Err(FsError::NotFound))
+        } else {
+            None
+        }
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Entry> {
+        if let Some(answer) = self.lookup_cached(parent, name) {
+            return answer;
         }
         if let Some(answer) = self.lookup_by_relisting(parent, name).await? {
             return answer;
@@ -580,8 +598,14 @@ impl Fs {
         Ok((blob, is_dir))
     }
 
-    pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
-        let node = self.node(ino)?;
+    /// Attributes memory can answer with: the root, a fresh or unlinked
+    /// inode, a file created or being written here (its local size). `None`:
+    /// they expired and must be re-learnt from the service ([`Fs::getattr`]).
+    pub fn getattr_cached(&self, ino: u64) -> Option<FsResult<Entry>> {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
         let s = node.snapshot();
         if ino == ROOT_INO
             || s.expires > Instant::now()
@@ -597,18 +621,26 @@ impl Fs {
             {
                 attr.size = ws;
             }
-            return Ok(Entry { ino, attr });
+            return Some(Ok(Entry { ino, attr }));
         }
         // A file being written keeps its local view.
-        if let Ok(w) = node.write.try_lock() {
-            if let Some(ws) = w.as_ref() {
-                let mut attr = s.attr;
-                attr.size = ws.size();
-                return Ok(Entry { ino, attr });
-            }
-        } else {
-            return Ok(Entry { ino, attr: s.attr });
+        let local_size = match node.write.try_lock() {
+            Ok(w) => w.as_ref().map(|ws| ws.size()),
+            Err(_) => Some(s.attr.size),
+        };
+        local_size.map(|size| {
+            let mut attr = s.attr;
+            attr.size = size;
+            Ok(Entry { ino, attr })
+        })
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Entry> {
+        if let Some(answer) = self.getattr_cached(ino) {
+            return answer;
         }
+        let node = self.node(ino)?;
+        let s = node.snapshot();
         let path = self.path_of(ino)?;
         match self.lookup_remote(s.parent, &s.name, &path).await {
             Ok(e) if e.ino == ino => Ok(e),
@@ -832,6 +864,22 @@ impl Fs {
         for ino in inos {
             self.delete_deferred(ino).await;
         }
+    }
+
+    /// Is a blob of `ino` (unlinked while open) waiting for its last
+    /// descriptor? Releases of such files take the async path.
+    fn has_deferred_delete(&self, ino: u64) -> bool {
+        self.deferred_deletes.lock().unwrap().contains_key(&ino)
+    }
+
+    /// Is a blob named `path` waiting for the last descriptor of an
+    /// unlinked file? A create of that name must delete it first.
+    fn name_has_deferred_delete(&self, path: &str) -> bool {
+        self.deferred_deletes
+            .lock()
+            .unwrap()
+            .values()
+            .any(|(n, _)| n == path)
     }
 
     /// A descriptor of `ino` was released: if it was the last one of a file

@@ -388,3 +388,92 @@ async fn an_expired_listing_is_renewed_with_one_request() {
         "{s}"
     );
 }
+
+/// The synchronous answers the FUSE adapter gives without a task
+/// (`*_cached`, `*_now`): each either answers from memory with 0 requests,
+/// or says it cannot (`None`) exactly where a request or a wait is due — a
+/// new file's close must store it, so its flush is not answered from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_answers_make_no_requests_and_defer_what_needs_the_service() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    {
+        let fs = mount(&client);
+        put_file(&fs, "old", b"old bytes").await;
+    }
+    let fs = mount(&client);
+    stats.reset().await;
+
+    // Nothing is known of the root's entries yet: only the service can say.
+    assert!(fs.lookup_cached(1, "old").is_none());
+    assert!(fs.lookup_cached(1, "new").is_none());
+    assert!(matches!(
+        fs.lookup_cached(1, "a\\b"),
+        Some(Err(cpkfs_fs::FsError::InvalidName(..)))
+    ));
+    assert_eq!(stats.requests().await["total_requests"], 0);
+
+    // Once looked up, the entry, its attributes and a read-only open are
+    // answered from memory; so are that handle's close and release.
+    let old = fs.lookup(1, "old").await.unwrap();
+    stats.reset().await;
+    let e = fs.lookup_cached(1, "old").unwrap().unwrap();
+    assert_eq!((e.ino, e.attr.size), (old.ino, 9));
+    assert_eq!(fs.getattr_cached(old.ino).unwrap().unwrap().attr.size, 9);
+    assert!(
+        fs.open_cached(old.ino, true).is_none(),
+        "writable opens go async"
+    );
+    let rfh = fs.open_cached(old.ino, false).unwrap().unwrap();
+    assert!(fs.flush_cached(old.ino, rfh).unwrap().is_ok());
+    assert!(fs.release_now(old.ino, rfh).unwrap().is_ok());
+    assert!(matches!(
+        fs.release_now(old.ino, rfh),
+        Some(Err(cpkfs_fs::FsError::BadHandle))
+    ));
+
+    // A create is done in memory; its close is not (it stores the file),
+    // and once stored, a second close and the release are.
+    let (n, fh) = fs.create_now(1, "new", 0o600, 0, 0).unwrap().unwrap();
+    assert_eq!(stats.requests().await["total_requests"], 0);
+    assert_eq!(fs.lookup_cached(1, "new").unwrap().unwrap().ino, n.ino);
+    assert_eq!(fs.getattr_cached(n.ino).unwrap().unwrap().attr.perm, 0o600);
+    assert!(
+        fs.flush_cached(n.ino, fh).is_none(),
+        "a new file's close stores it"
+    );
+    fs.flush(n.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), vec![("PutBlob".to_string(), 1)], "{s}");
+    assert!(fs.flush_cached(n.ino, fh).unwrap().is_ok());
+    assert!(fs.release_now(n.ino, fh).unwrap().is_ok());
+    // Dirty again: the release must commit, so it is not done in memory.
+    let fh = fs.open(n.ino, true, false).await.unwrap();
+    fs.write(n.ino, fh, 0, b"x").await.unwrap();
+    assert!(fs.release_now(n.ino, fh).is_none());
+    fs.release(n.ino, fh).await.unwrap();
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), vec![("PutBlob".to_string(), 2)], "{s}");
+    assert_eq!(read_all(&fs, "new").await, b"x");
+}
+
+/// A name whose blob still waits for the descriptors of an unlinked file is
+/// not created in memory: the async create deletes that blob first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_of_a_name_unlinked_while_open_takes_the_async_path() {
+    let emu = emulator().await;
+    let client = client(&emu).await;
+    let fs = mount(&client);
+    put_file(&fs, "f", b"first").await;
+    let e = fs.lookup(1, "f").await.unwrap();
+    let fh = fs.open(e.ino, false, false).await.unwrap();
+    fs.unlink(1, "f").await.unwrap();
+    assert!(fs.create_now(1, "f", 0o644, 0, 0).is_none());
+    let (n, wfh) = fs.create(1, "f", 0o644, 0, 0).await.unwrap();
+    fs.write(n.ino, wfh, 0, b"second").await.unwrap();
+    fs.flush(n.ino, wfh).await.unwrap();
+    fs.release(n.ino, wfh).await.unwrap();
+    fs.release(e.ino, fh).await.unwrap();
+    assert_eq!(read_all(&mount(&client), "f").await, b"second");
+}
