@@ -320,13 +320,10 @@ pub async fn handle(
         .clone()
         .filter(|v| valid_version(v))
         .unwrap_or_else(|| "2021-08-06".to_string());
+    // Every response, errors included, carries the request's echo headers.
+    let reply = |resp| finish(resp, &request_id, &echo_version, client_id.as_ref());
 
-    // path style: /{account}/{container}/{blob...}
-    let trimmed = raw_path.trim_start_matches('/');
-    let mut it = trimmed.splitn(3, '/');
-    let account = percent_decode(it.next().unwrap_or(""));
-    let container = percent_decode(it.next().unwrap_or(""));
-    let blob = percent_decode(it.next().unwrap_or(""));
+    let (account, container, blob) = split_path(&raw_path);
     let op = operation(
         &parts.method,
         !container.is_empty(),
@@ -337,46 +334,8 @@ pub async fn handle(
     shared.count(op);
 
     let fault = shared.decide_fault(op);
-    match fault {
-        Some(FaultKind::Reset) => return Err(io::Error::other("injected reset")),
-        Some(FaultKind::E500) => {
-            let e = ApiError::internal();
-            return Ok(finish(
-                error_response(&e, &request_id, head),
-                &request_id,
-                &echo_version,
-                client_id.as_ref(),
-            ));
-        }
-        Some(FaultKind::E503) => {
-            let e = ApiError::new(
-                503,
-                "ServerBusy",
-                "The server is currently unable to receive requests. Please retry your request.",
-            )
-            .header("retry-after", "1");
-            return Ok(finish(
-                error_response(&e, &request_id, head),
-                &request_id,
-                &echo_version,
-                client_id.as_ref(),
-            ));
-        }
-        Some(FaultKind::E408) => {
-            let e = ApiError::new(
-                408,
-                "RequestTimeout",
-                "The server timed out waiting for the request.",
-            );
-            return Ok(finish(
-                error_response(&e, &request_id, head),
-                &request_id,
-                &echo_version,
-                client_id.as_ref(),
-            ));
-        }
-        Some(FaultKind::Slow(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        _ => {}
+    if let Some(e) = fault_before(fault).await? {
+        return Ok(reply(error_response(&e, &request_id, head)));
     }
 
     let result = process(
@@ -398,38 +357,79 @@ pub async fn handle(
         Err(e) => error_response(&e, &request_id, head),
     };
     if !head {
-        if let Some(len) = resp
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(len) = content_length(&resp) {
             shared.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
         }
     }
-    let mut resp = finish(resp, &request_id, &echo_version, client_id.as_ref());
+    let mut resp = reply(resp);
     if fault == Some(FaultKind::Truncate) {
-        let len = if head {
-            None
-        } else {
-            resp.headers()
-                .get("content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        match len {
-            Some(n) if n > 0 => {
-                let (p, b) = resp.into_parts();
-                resp = Response::from_parts(p, Truncate::new(b, n / 2, n).boxed());
-            }
-            _ => return Err(io::Error::other("injected reset (truncate without body)")),
-        }
+        resp = truncated(resp, head)?;
     }
     if let (Some(link), false) = (&shared.link, head) {
         let (p, b) = resp.into_parts();
         resp = Response::from_parts(p, link.throttle(b));
     }
     Ok(resp)
+}
+
+/// Path style: `/{account}/{container}/{blob...}`, each part percent-decoded
+/// (empty when absent).
+fn split_path(raw_path: &str) -> (String, String, String) {
+    let trimmed = raw_path.trim_start_matches('/');
+    let mut it = trimmed.splitn(3, '/');
+    let account = percent_decode(it.next().unwrap_or(""));
+    let container = percent_decode(it.next().unwrap_or(""));
+    let blob = percent_decode(it.next().unwrap_or(""));
+    (account, container, blob)
+}
+
+/// The part of an injected fault that comes before the request is
+/// processed: a reset drops the connection (`Err`), an error status is
+/// answered instead of the request (`Some`), a slow fault waits.
+async fn fault_before(fault: Option<FaultKind>) -> Result<Option<ApiError>, io::Error> {
+    match fault {
+        Some(FaultKind::Reset) => Err(io::Error::other("injected reset")),
+        Some(FaultKind::E500) => Ok(Some(ApiError::internal())),
+        Some(FaultKind::E503) => Ok(Some(
+            ApiError::new(
+                503,
+                "ServerBusy",
+                "The server is currently unable to receive requests. Please retry your request.",
+            )
+            .header("retry-after", "1"),
+        )),
+        Some(FaultKind::E408) => Ok(Some(ApiError::new(
+            408,
+            "RequestTimeout",
+            "The server timed out waiting for the request.",
+        ))),
+        Some(FaultKind::Slow(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn content_length(resp: &Response<RespBody>) -> Option<u64> {
+    resp.headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The truncate fault: the response keeps its Content-Length but delivers
+/// half the body, then the connection drops. A response without a body has
+/// nothing to cut: the connection drops at once.
+fn truncated(resp: Response<RespBody>, head: bool) -> Result<Response<RespBody>, io::Error> {
+    let len = if head { None } else { content_length(&resp) };
+    match len {
+        Some(n) if n > 0 => {
+            let (p, b) = resp.into_parts();
+            Ok(Response::from_parts(p, Truncate::new(b, n / 2, n).boxed()))
+        }
+        _ => Err(io::Error::other("injected reset (truncate without body)")),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -446,10 +446,38 @@ async fn process(
     req_version: Option<String>,
     body: Incoming,
 ) -> Result<Response<RespBody>, ApiError> {
-    // --- authentication ---
     let sas_version = auth::authenticate(
         shared, &method, &headers, &query, raw_path, &account, &container, &blob, op,
     )?;
+    let version = request_version(shared, req_version, sas_version)?;
+    if op == "Unknown" {
+        return Err(ApiError::unsupported());
+    }
+    let received = receive_body(shared, &method, &headers, op, body).await?;
+    let req = Req {
+        method,
+        headers,
+        query,
+        account,
+        container,
+        blob,
+        body: received.data,
+        body_crc64: received.crc64,
+        body_md5: received.md5,
+        body_encrypted: received.encrypted,
+        tls: shared.tls,
+        version,
+    };
+    ops::dispatch(shared, op, req).await
+}
+
+/// The service version the request is served at: the header's, else the
+/// SAS's; one the service does not know is refused.
+fn request_version(
+    shared: &Shared,
+    req_version: Option<String>,
+    sas_version: Option<String>,
+) -> Result<String, ApiError> {
     let version = match (req_version, sas_version) {
         (Some(v), _) => v,
         (None, Some(sv)) => sv,
@@ -463,11 +491,27 @@ async fn process(
         // same way): what cpkfs detects to fall back to streaming.
         return Err(ApiError::invalid_header("x-ms-version", &version));
     }
-    if op == "Unknown" {
-        return Err(ApiError::unsupported());
-    }
+    Ok(version)
+}
 
-    // --- body ---
+/// A request body as the handlers get it (see [`Req`]).
+struct Received {
+    data: BytesMut,
+    crc64: u64,
+    md5: Option<[u8; 16]>,
+    encrypted: Option<([u8; 16], String)>,
+}
+
+/// Read the body of a PUT or POST (any other request's is ignored), digesting
+/// it, and encrypting it on the way in when it is a block under a
+/// customer-provided key.
+async fn receive_body(
+    shared: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    op: &str,
+    body: Incoming,
+) -> Result<Received, ApiError> {
     let mut buf = BytesMut::new();
     let mut crc = crc64fast_nvme::Digest::new();
     let mut md5: Option<md5::Md5> = None;
@@ -487,47 +531,8 @@ async fn process(
         if op == "PutBlob" || headers.contains_key("content-md5") {
             md5 = Some(<md5::Md5 as md5::Digest>::new());
         }
-        // Blocks are stored encrypted: encrypt while the data is still in cache
-        // instead of in a second pass over the whole block. Only when the request
-        // will pass the CPK checks; the operation re-validates the headers anyway.
-        if (op == "PutBlock" || op == "PutBlob") && (shared.tls || shared.allow_cpk_over_http) {
-            if let Ok(Some(k)) = super::cpk::parse(&headers, true) {
-                let nonce = ops::new_nonce();
-                enc = Some((k.keystream(&nonce, 0), nonce, k.sha.clone()));
-            }
-        }
-        // One pass over the data in the block buffer, sized up front: the copy out of
-        // hyper's read buffer, fused with the encryption when there is a key.
-        let mut data = alloc_body(len);
-        let mut pos = 0usize;
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                ApiError::new(
-                    400,
-                    "InvalidInput",
-                    "One of the request inputs is not valid.",
-                )
-            })?;
-            let Ok(d) = frame.into_data() else { continue };
-            if d.len() > len - pos {
-                return Err(ApiError::invalid_input());
-            }
-            // Digest and copy/encrypt piece by piece while each piece is hot in cache.
-            for piece in d.chunks(BODY_PIECE) {
-                crc.write(piece);
-                if let Some(m) = md5.as_mut() {
-                    md5::Digest::update(m, piece);
-                }
-                let dst = &mut data[pos..pos + piece.len()];
-                match enc.as_mut() {
-                    Some((ks, _, _)) => ks.apply_to(piece, dst),
-                    None => dst.copy_from_slice(piece),
-                }
-                pos += piece.len();
-            }
-        }
-        data.truncate(pos);
+        enc = body_cipher(shared, headers, op);
+        let data = copy_body(body, len, &mut crc, &mut md5, &mut enc).await?;
         buf = BytesMut::from(bytes::Bytes::from(data));
         shared
             .stats
@@ -537,21 +542,71 @@ async fn process(
             return Err(ApiError::invalid_input());
         }
     }
-    let req = Req {
-        method,
-        headers,
-        query,
-        account,
-        container,
-        blob,
-        body: buf,
-        body_crc64: crc.sum64(),
-        body_md5: md5.map(|m| md5::Digest::finalize(m).into()),
-        body_encrypted: enc.map(|(_, nonce, sha)| (nonce, sha)),
-        tls: shared.tls,
-        version,
-    };
-    ops::dispatch(shared, op, req).await
+    Ok(Received {
+        data: buf,
+        crc64: crc.sum64(),
+        md5: md5.map(|m| md5::Digest::finalize(m).into()),
+        encrypted: enc.map(|(_, nonce, sha)| (nonce, sha)),
+    })
+}
+
+/// Blocks are stored encrypted: encrypt while the data is still in cache
+/// instead of in a second pass over the whole block. Only when the request
+/// will pass the CPK checks; the operation re-validates the headers anyway.
+fn body_cipher(
+    shared: &Shared,
+    headers: &HeaderMap,
+    op: &str,
+) -> Option<(super::cpk::KeyStream, [u8; 16], String)> {
+    if (op == "PutBlock" || op == "PutBlob") && (shared.tls || shared.allow_cpk_over_http) {
+        if let Ok(Some(k)) = super::cpk::parse(headers, true) {
+            let nonce = ops::new_nonce();
+            return Some((k.keystream(&nonce, 0), nonce, k.sha.clone()));
+        }
+    }
+    None
+}
+
+/// One pass over the data in the block buffer, sized up front: the copy out of
+/// hyper's read buffer, fused with the digests and, when there is a key, the
+/// encryption. Returns what arrived (at most `len` bytes).
+async fn copy_body(
+    mut body: Incoming,
+    len: usize,
+    crc: &mut crc64fast_nvme::Digest,
+    md5: &mut Option<md5::Md5>,
+    enc: &mut Option<(super::cpk::KeyStream, [u8; 16], String)>,
+) -> Result<Vec<u8>, ApiError> {
+    let mut data = alloc_body(len);
+    let mut pos = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            ApiError::new(
+                400,
+                "InvalidInput",
+                "One of the request inputs is not valid.",
+            )
+        })?;
+        let Ok(d) = frame.into_data() else { continue };
+        if d.len() > len - pos {
+            return Err(ApiError::invalid_input());
+        }
+        // Digest and copy/encrypt piece by piece while each piece is hot in cache.
+        for piece in d.chunks(BODY_PIECE) {
+            crc.write(piece);
+            if let Some(m) = md5.as_mut() {
+                md5::Digest::update(m, piece);
+            }
+            let dst = &mut data[pos..pos + piece.len()];
+            match enc.as_mut() {
+                Some((ks, _, _)) => ks.apply_to(piece, dst),
+                None => dst.copy_from_slice(piece),
+            }
+            pos += piece.len();
+        }
+    }
+    data.truncate(pos);
+    Ok(data)
 }
 
 /// A zero-filled buffer for a request body of `len` bytes. Zeroed memory comes from
