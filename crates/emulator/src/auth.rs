@@ -354,7 +354,7 @@ pub fn parse_sas_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 /// Verify Shared Key or SAS. Returns the SAS `sv` for SAS requests. Also checks the
-/// SAS of a copy source (`from_url.rs`).
+/// SAS of a copy source (`ops/from_url.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn authenticate(
     shared: &Shared,

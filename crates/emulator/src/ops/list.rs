@@ -152,7 +152,7 @@ pub(super) fn list_blobs(shared: &Shared, req: Req) -> R {
     let blobs = &c.blobs;
     let inc_uncommitted = q.inc_uncommitted;
     // A range of the ordered map from each point the walk seeks to: the page
-    // costs O(page), whatever the container holds (listing.rs).
+    // costs O(page), whatever the container holds (page.rs).
     let visible_from = |start: &str| {
         blobs
             .range::<str, _>((Bound::Included(start), Bound::Unbounded))
