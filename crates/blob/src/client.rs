@@ -35,8 +35,21 @@ pub struct ClientConfig {
     pub account: String,
     pub container: String,
     pub credential: Credential,
-    /// The customer-provided key of this client (writes use it). Its presence
-    /// forbids plain http.
+    /// A customer-provided key the client holds but never sends: every
+    /// operation takes its key per call (`key: Option<&CustomerKey>`), and
+    /// the mount passes the keys of its `KeyRing` (cpkfs-fs), which owns
+    /// them. Production (`connect.rs`: mount, rotate-cpk, doctor) leaves
+    /// this None. It stays for what tests and examples still ask of it:
+    /// - `BlobClient::new` refuses it over plain http (`CpkOverHttp`) before
+    ///   any request, which `tests/emulator_client.rs` checks (a key passed
+    ///   per call is refused the same way, before sending);
+    /// - [`BlobClient::cpk`] hands it back to tests and examples that build a
+    ///   keyed client and later need the key (`crates/fs/tests/posix.rs`,
+    ///   `examples/bench_tree.rs`);
+    /// - `Fs::new` refuses a client carrying one next to an empty ring, so a
+    ///   test cannot mount a plain mount by mistake.
+    ///
+    /// It is not a default key: a call with `key: None` sends none.
     pub cpk: Option<Arc<CustomerKey>>,
     /// Extra trusted CA certificates (PEM), e.g. the emulator's.
     pub ca_pem: Option<Vec<u8>>,
@@ -347,7 +360,8 @@ impl BlobClient {
         &self.inner.credential
     }
 
-    /// The client's customer-provided key, if any.
+    /// The key `ClientConfig.cpk` gave this client, if any (never sent by
+    /// the client itself: see `ClientConfig.cpk`).
     pub fn cpk(&self) -> Option<&Arc<CustomerKey>> {
         self.inner.cpk.as_ref()
     }

@@ -12,7 +12,7 @@ use sha2::Sha256;
 use std::time::Duration;
 
 use super::error::ApiError;
-use super::server::Shared;
+use super::shared::Shared;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -155,13 +155,6 @@ pub fn canonicalized_headers(headers: &HeaderMap) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Parse a raw query string into decoded (name, value) pairs.
-pub fn parse_query(raw: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(raw.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
 }
 
 /// CanonicalizedResource (§2.4): `/account` + encoded path + sorted decoded query lines.
@@ -361,7 +354,7 @@ pub fn parse_sas_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 /// Verify Shared Key or SAS. Returns the SAS `sv` for SAS requests. Also checks the
-/// SAS of a copy source (`from_url.rs`).
+/// SAS of a copy source (`ops/from_url.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn authenticate(
     shared: &Shared,
@@ -571,6 +564,7 @@ fn check_sas_permission(sas: &Sas, op: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::parse_query;
     use http::HeaderValue;
 
     const KEY: &str =

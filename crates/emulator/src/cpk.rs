@@ -136,6 +136,13 @@ pub fn check(stored: Option<&str>, req: Option<&CpkKey>) -> Result<(), ApiError>
     }
 }
 
+/// A fresh random nonce (IV) for AES-256-CTR under a customer-provided key.
+pub fn new_nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut n[..]);
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,7 +40,7 @@ use rsa::{Oaep, Pkcs1v15Encrypt, RsaPrivateKey};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::server::{full, RespBody};
+use super::http::{full, RespBody};
 use super::token::{self, hex, now_secs, Entra, EntraRoute, Identity, VAULT_RESOURCE};
 
 pub const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -264,7 +264,7 @@ pub async fn handle(kv: &KvState, base: &str, req: Request<Incoming>) -> Respons
     let (parts, body) = req.into_parts();
     let body = read_body(body).await;
     let path = parts.uri.path();
-    let query = super::auth::parse_query(parts.uri.query().unwrap_or(""));
+    let query = super::http::parse_query(parts.uri.query().unwrap_or(""));
     let method = &parts.method;
 
     if path == IMDS_PATH || path == MSI_PATH {
@@ -464,7 +464,7 @@ pub async fn handle_vault(
 ) -> Response<RespBody> {
     let (parts, body) = req.into_parts();
     let body = read_body(body).await;
-    let query = super::auth::parse_query(parts.uri.query().unwrap_or(""));
+    let query = super::http::parse_query(parts.uri.query().unwrap_or(""));
     let ctx = Ctx {
         kv,
         vault: &site.name,

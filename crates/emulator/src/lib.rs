@@ -3,15 +3,18 @@
 //!
 //! Run it in-process with [`start`], or as the `cpkfs-emulator` binary.
 
+pub mod admin;
 pub mod auth;
 pub mod cpk;
 pub mod error;
-pub mod from_url;
+pub mod faults;
+pub mod http;
 pub mod keyvault;
 pub mod link;
-pub mod listing;
 pub mod ops;
+pub mod receive;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod token;
 
@@ -28,7 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use server::{Shared, Stats};
+use shared::{Shared, Stats};
 use store::{Account, Disk, State};
 
 /// The well-known emulator account name.
@@ -286,7 +289,7 @@ async fn accept_loop<S, F>(
     mut stop: watch::Receiver<bool>,
 ) where
     S: Fn(hyper::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = Result<hyper::Response<server::RespBody>, std::io::Error>>
+    F: std::future::Future<Output = Result<hyper::Response<http::RespBody>, std::io::Error>>
         + Send
         + 'static,
 {
@@ -329,7 +332,7 @@ async fn serve<I, S, F>(io: TokioIo<I>, svc: S, mut stop: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Fn(hyper::Request<hyper::body::Incoming>) -> F + Send + 'static,
-    F: std::future::Future<Output = Result<hyper::Response<server::RespBody>, std::io::Error>>
+    F: std::future::Future<Output = Result<hyper::Response<http::RespBody>, std::io::Error>>
         + Send
         + 'static,
 {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use super::server::RespBody;
+use super::http::RespBody;
 
 /// The shared link: when its next byte is free to go.
 pub struct Link {

@@ -270,38 +270,7 @@ impl Fs {
             let mut w = node.write.lock().await;
             if let Some(ws) = w.as_mut() {
                 if ws.is_dirty() {
-                    let plan = match ws.read_plan(offset, size as u64) {
-                        Ok(p) => p,
-                        Err(_) => {
-                            self.commit_locked(&node, ws, &path).await?;
-                            ws.read_plan(offset, size as u64)
-                                .map_err(|_| FsError::Failed("read after commit".into()))?
-                        }
-                    };
-                    let base = ws.base_etag().map(str::to_string);
-                    let mut out = BytesMut::with_capacity(size as usize);
-                    for p in plan {
-                        match p {
-                            ReadPiece::Data(b) => out.extend_from_slice(&b),
-                            ReadPiece::Base(a, b) => {
-                                let cpk = self
-                                    .key_for(&path, node.snapshot().cpk_sha256.as_deref())
-                                    .ok()
-                                    .flatten();
-                                let (bytes, _) = self
-                                    .client
-                                    .read_range(
-                                        &path,
-                                        ByteRange::new(a, b),
-                                        cpk.as_deref(),
-                                        &Conditions::if_match(base.clone().unwrap_or_default()),
-                                    )
-                                    .await?;
-                                out.extend_from_slice(&bytes);
-                            }
-                        }
-                    }
-                    return Ok(out.freeze());
+                    return self.read_pending(&node, ws, &path, offset, size).await;
                 }
             }
         }
@@ -325,28 +294,17 @@ impl Fs {
                 if !h.delivered.load(Ordering::Relaxed)
                     && !matches!(e, FsError::NotFound | FsError::ForeignKey { .. }) =>
             {
-                let s = node.snapshot();
                 tracing::debug!(path = %path, error = %e, "first read failed; re-reading the blob's properties");
-                let fresh = self.lookup_remote(s.parent, &s.name, &path).await?;
-                if fresh.ino != ino {
-                    return Err(e);
+                match self
+                    .reread_current(&node, &h, &path, &etag, offset, size as u64)
+                    .await?
+                {
+                    Some(b) => {
+                        h.delivered.store(true, Ordering::Relaxed);
+                        Ok(b)
+                    }
+                    None => Err(e),
                 }
-                let s = node.snapshot();
-                let cpk = self.key_for(&path, s.cpk_sha256.as_deref())?;
-                let Some(new_etag) = s.etag.clone() else {
-                    return Err(e);
-                };
-                if new_etag == etag {
-                    return Err(e);
-                }
-                *h.etag.lock().unwrap() = Some(new_etag.clone());
-                *h.size.lock().unwrap() = s.attr.size;
-                *h.cpk.lock().unwrap() = cpk.clone();
-                let b = self
-                    .read_blob(&h, cpk, &path, &new_etag, s.attr.size, offset, size as u64)
-                    .await?;
-                h.delivered.store(true, Ordering::Relaxed);
-                Ok(b)
             }
             Err(e) => {
                 if matches!(e, FsError::Stale(_)) {
@@ -362,6 +320,86 @@ impl Fs {
                 Err(e)
             }
         }
+    }
+
+    /// A read of a file with pending writes (the session locked by the
+    /// caller): written ranges come from the session, the rest from the
+    /// version it was based on. A plan that cannot be made (the layout is
+    /// not known) commits first.
+    async fn read_pending(
+        &self,
+        node: &Inode,
+        ws: &mut WriteSession,
+        path: &str,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        let plan = match ws.read_plan(offset, size as u64) {
+            Ok(p) => p,
+            Err(_) => {
+                self.commit_locked(node, ws, path).await?;
+                ws.read_plan(offset, size as u64)
+                    .map_err(|_| FsError::Failed("read after commit".into()))?
+            }
+        };
+        let base = ws.base_etag().map(str::to_string);
+        let mut out = BytesMut::with_capacity(size as usize);
+        for p in plan {
+            match p {
+                ReadPiece::Data(b) => out.extend_from_slice(&b),
+                ReadPiece::Base(a, b) => {
+                    let cpk = self
+                        .key_for(path, node.snapshot().cpk_sha256.as_deref())
+                        .ok()
+                        .flatten();
+                    let (bytes, _) = self
+                        .client
+                        .read_range(
+                            path,
+                            ByteRange::new(a, b),
+                            cpk.as_deref(),
+                            &Conditions::if_match(base.clone().unwrap_or_default()),
+                        )
+                        .await?;
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// The first read through `h` failed on the version `etag` it pinned:
+    /// re-learn the blob and, if it is now another version, pin that one and
+    /// read it. None: no other version to read (the first error stands).
+    async fn reread_current(
+        &self,
+        node: &Inode,
+        h: &FileHandle,
+        path: &str,
+        etag: &str,
+        offset: u64,
+        len: u64,
+    ) -> FsResult<Option<Bytes>> {
+        let s = node.snapshot();
+        let fresh = self.lookup_remote(s.parent, &s.name, path).await?;
+        if fresh.ino != node.ino {
+            return Ok(None);
+        }
+        let s = node.snapshot();
+        let cpk = self.key_for(path, s.cpk_sha256.as_deref())?;
+        let Some(new_etag) = s.etag.clone() else {
+            return Ok(None);
+        };
+        if new_etag == etag {
+            return Ok(None);
+        }
+        *h.etag.lock().unwrap() = Some(new_etag.clone());
+        *h.size.lock().unwrap() = s.attr.size;
+        *h.cpk.lock().unwrap() = cpk.clone();
+        let b = self
+            .read_blob(h, cpk, path, &new_etag, s.attr.size, offset, len)
+            .await?;
+        Ok(Some(b))
     }
 
     /// `cpk` is the key the handle reads with, which came from the ring.
@@ -416,67 +454,96 @@ impl Fs {
             return Ok(Bytes::new());
         }
         let end = (offset + len).min(fsize);
+        let window = self.readahead_window(h, offset, end);
+        let b = self.cfg.block_size;
+        let (first, last) = (offset / b, (end - 1) / b);
+        if window == 0 && first == last {
+            return self.read_random(path, etag, fsize, cpk, offset, end).await;
+        }
+        self.read_ahead(path, etag, fsize, &cpk, last, window);
+        self.read_blocks(path, etag, fsize, cpk, offset, end).await
+    }
+
+    /// How many blocks to read ahead of a read of [offset, end) through
+    /// `h`: doubling while its reads are sequential, 0 for a random read.
+    fn readahead_window(&self, h: &FileHandle, offset: u64, end: u64) -> u64 {
         let b = self.cfg.block_size;
         let max_window = self
             .cfg
             .max_readahead_blocks
             .min((self.cfg.cache_size / b / 4).max(1));
-        let window = {
-            let mut seq = h.seq.lock().unwrap();
-            let sequential = offset == 0 || offset == seq.0;
-            let w = if sequential {
-                (seq.1 * 2).clamp(1, max_window)
-            } else {
-                0
-            };
-            *seq = (end, w);
-            w
+        let mut seq = h.seq.lock().unwrap();
+        let sequential = offset == 0 || offset == seq.0;
+        let w = if sequential {
+            (seq.1 * 2).clamp(1, max_window)
+        } else {
+            0
         };
-        let first = offset / b;
-        let last = (end - 1) / b;
-        let unwrap = |r: super::cache::FetchResult| {
-            r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e))
-        };
-        if window == 0 && first == last {
-            // A random read: serve from the cache if the block is there
-            // (in memory, or on disk: a local read beats a round trip),
-            // otherwise fetch just the bytes asked for (without a disk tier).
-            let key = self.block_key(path, etag, first, cpk.as_deref());
-            let s = (offset - first * b) as usize;
-            // With a disk tier, the block is served or fetched whole and
-            // cached (memory, then disk when evicted): reads that arrive out
-            // of order (several FUSE threads) would otherwise fetch ranges
-            // that are never cached, and a second pass would fetch them
-            // again. `get_or_fetch` looks in memory first and counts the
-            // hit or miss once.
-            if self.cache.on_disk(&key) || self.cache.disk().is_some_and(|d| d.is_enabled()) {
-                let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
-                let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
-                return Ok(block.slice(s..s + (end - offset) as usize));
-            }
-            if let Some(block) = self.cache.lookup(&key) {
-                return Ok(block.slice(s..s + (end - offset) as usize));
-            }
-            let (bytes, _) = self
-                .client
-                .read_range(
-                    path,
-                    ByteRange::new(offset, end),
-                    cpk.as_deref(),
-                    &Conditions::if_match(etag.to_string()),
-                )
-                .await
-                .map_err(|e| {
-                    if changed_under_pin(&e) {
-                        FsError::Stale(format!("{path}: the blob changed since it was opened"))
-                    } else {
-                        e.into()
-                    }
-                })?;
-            return Ok(bytes);
+        *seq = (end, w);
+        w
+    }
+
+    /// A random read of [offset, end) within one block: serve it from the
+    /// cache if the block is there (in memory, or on disk: a local read
+    /// beats a round trip), otherwise fetch just the bytes asked for
+    /// (without a disk tier).
+    async fn read_random(
+        &self,
+        path: &str,
+        etag: &str,
+        fsize: u64,
+        cpk: Option<Arc<CustomerKey>>,
+        offset: u64,
+        end: u64,
+    ) -> FsResult<Bytes> {
+        let first = offset / self.cfg.block_size;
+        let key = self.block_key(path, etag, first, cpk.as_deref());
+        let s = (offset - first * self.cfg.block_size) as usize;
+        // With a disk tier, the block is served or fetched whole and
+        // cached (memory, then disk when evicted): reads that arrive out
+        // of order (several FUSE threads) would otherwise fetch ranges
+        // that are never cached, and a second pass would fetch them
+        // again. `get_or_fetch` looks in memory first and counts the
+        // hit or miss once.
+        if self.cache.on_disk(&key) || self.cache.disk().is_some_and(|d| d.is_enabled()) {
+            let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
+            let block = fetched(self.cache.get_or_fetch(key, move || fetch).await)?;
+            return Ok(block.slice(s..s + (end - offset) as usize));
         }
-        // Read-ahead: start fetching the next blocks without waiting.
-        let nblocks = fsize.div_ceil(b);
+        if let Some(block) = self.cache.lookup(&key) {
+            return Ok(block.slice(s..s + (end - offset) as usize));
+        }
+        let (bytes, _) = self
+            .client
+            .read_range(
+                path,
+                ByteRange::new(offset, end),
+                cpk.as_deref(),
+                &Conditions::if_match(etag.to_string()),
+            )
+            .await
+            .map_err(|e| {
+                if changed_under_pin(&e) {
+                    FsError::Stale(format!("{path}: the blob changed since it was opened"))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(bytes)
+    }
+
+    /// Start fetching the `window` blocks after block `last` into the
+    /// cache, without waiting.
+    fn read_ahead(
+        &self,
+        path: &str,
+        etag: &str,
+        fsize: u64,
+        cpk: &Option<Arc<CustomerKey>>,
+        last: u64,
+        window: u64,
+    ) {
+        let nblocks = fsize.div_ceil(self.cfg.block_size);
         for i in last + 1..=(last + window).min(nblocks.saturating_sub(1)) {
             let key = self.block_key(path, etag, i, cpk.as_deref());
             if !self.cache.contains(&key) {
@@ -487,11 +554,25 @@ impl Fs {
                 });
             }
         }
+    }
+
+    /// [offset, end) from whole blocks, each from the cache or fetched into it.
+    async fn read_blocks(
+        &self,
+        path: &str,
+        etag: &str,
+        fsize: u64,
+        cpk: Option<Arc<CustomerKey>>,
+        offset: u64,
+        end: u64,
+    ) -> FsResult<Bytes> {
+        let b = self.cfg.block_size;
+        let (first, last) = (offset / b, (end - 1) / b);
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for i in first..=last {
             let key = self.block_key(path, etag, i, cpk.as_deref());
             let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
-            let block = unwrap(self.cache.get_or_fetch(key, move || fetch).await)?;
+            let block = fetched(self.cache.get_or_fetch(key, move || fetch).await)?;
             let bs = i * b;
             let s = offset.max(bs) - bs;
             let e = end.min(bs + block.len() as u64) - bs;
@@ -1017,6 +1098,12 @@ impl Fs {
         st.expires = self.expiry();
         Ok(r.etag)
     }
+}
+
+/// A block from the cache, its shared fetch error turned back into one of
+/// this read's own, with the same errno.
+fn fetched(r: super::cache::FetchResult) -> FsResult<Bytes> {
+    r.map_err(|e| FsError::Failed(e.to_string()).with_errno_of(&e))
 }
 
 /// A read pinned with If-Match to the version a handle opened was refused

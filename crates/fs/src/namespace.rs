@@ -2,7 +2,7 @@
 
 use super::attr::{Attr, Kind, META_CTIME};
 use super::error::{FsError, FsResult};
-use super::inode::InodeState;
+use super::inode::{Inode, InodeState};
 use super::{check_name, join, Entry, Fs};
 use bytes::Bytes;
 use cpkfs_blob::{
@@ -589,20 +589,8 @@ impl Fs {
             if d.ino == src.ino {
                 return Ok(());
             }
-            if noreplace {
-                return Err(FsError::Exists);
-            }
-            match (src.attr.kind == Kind::Dir, d.attr.kind == Kind::Dir) {
-                (true, false) => return Err(FsError::NotDir),
-                (false, true) => return Err(FsError::IsDir),
-                (true, true) => {
-                    let dpath = join(&self.path_of(new_parent)?, new_name);
-                    if !self.dir_is_empty(d.ino, &dpath).await? {
-                        return Err(FsError::NotEmpty);
-                    }
-                }
-                _ => {}
-            }
+            self.check_replace(&src, d, new_parent, new_name, noreplace)
+                .await?;
         }
         let src_path = join(&self.path_of(parent)?, name);
         let dst_path = join(&self.path_of(new_parent)?, new_name);
@@ -612,14 +600,8 @@ impl Fs {
         let node = self.node(src.ino)?;
         if src.attr.kind == Kind::Dir {
             self.rename_dir(&src_path, &dst_path).await?;
-            if let Some(d) = &dst {
-                if let Ok(dn) = self.node(d.ino) {
-                    let mut ds = dn.state.lock().unwrap();
-                    ds.unlinked = true;
-                    ds.attr.nlink = 0;
-                }
-                // The empty destination directory's marker is replaced.
-            }
+            // The empty destination directory's marker is replaced.
+            self.mark_replaced(dst.as_ref());
             self.inodes.remove_child(new_parent, new_name);
             self.inodes.rename(parent, name, new_parent, new_name);
             // Everything below now lives under new names: re-learn it.
@@ -627,74 +609,120 @@ impl Fs {
                 n.state.lock().unwrap().expires = Instant::now();
             }
             node.state.lock().unwrap().etag = None;
-            self.dir_changed(parent);
-            self.dir_changed(new_parent);
-            return Ok(());
+        } else {
+            // A file or symlink: make sure its content is committed first.
+            self.commit_inode(&node).await?;
+            self.move_file_blob(&node, &src_path, &dst_path).await?;
+            self.mark_replaced(dst.as_ref());
+            self.inodes.remove_child(new_parent, new_name);
+            self.inodes.rename(parent, name, new_parent, new_name);
+            self.inodes.set_negative(parent, name, self.expiry());
+            node.state.lock().unwrap().attr.ctime = SystemTime::now();
         }
-        // A file or symlink: make sure its content is committed first.
-        self.commit_inode(&node).await?;
-        let s = node.snapshot();
-        if let Some(etag) = &s.etag {
-            // A rename changes the object's ctime (as on Linux filesystems).
-            // Stored with the copy where the metadata is known whole: our
-            // CPK blobs (merged over what the copy reads) and special files;
-            // for other tools' plain blobs (their metadata is kept as is) it
-            // stays in memory.
-            let ctime = SystemTime::now();
-            let set = (s.meta_known && (s.cpk_sha256.is_some() || s.attr.kind.is_special()))
-                .then(|| Attr { ctime, ..s.attr }.to_metadata());
-            let (new_etag, copied) = self
-                .copy_one(
-                    &src_path,
-                    &dst_path,
-                    s.cpk_sha256.as_deref(),
-                    set.as_ref(),
-                    Some(etag.as_str()),
-                )
-                .await?;
-            // Delete exactly the version that was copied: a source replaced
-            // after the copy keeps its name (412), and nothing is lost.
-            let copied = copied.unwrap_or_else(|| etag.clone());
-            let other_version = copied != *etag;
-            match self
-                .client
-                .delete_blob(&src_path, &Conditions::if_match(copied))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    tracing::error!(from = %src_path, to = %dst_path, error = %e, "rename copied the blob but could not delete the source");
-                    return Err(e.into());
+        self.dir_changed(parent);
+        self.dir_changed(new_parent);
+        Ok(())
+    }
+
+    /// Whether rename may replace `dst`, the entry at the new name, with
+    /// `src` (rename(2)'s rules: a directory only by a directory, and only
+    /// an empty one; nothing with RENAME_NOREPLACE).
+    async fn check_replace(
+        &self,
+        src: &Entry,
+        dst: &Entry,
+        new_parent: u64,
+        new_name: &str,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        if noreplace {
+            return Err(FsError::Exists);
+        }
+        match (src.attr.kind == Kind::Dir, dst.attr.kind == Kind::Dir) {
+            (true, false) => Err(FsError::NotDir),
+            (false, true) => Err(FsError::IsDir),
+            (true, true) => {
+                let dpath = join(&self.path_of(new_parent)?, new_name);
+                if !self.dir_is_empty(dst.ino, &dpath).await? {
+                    return Err(FsError::NotEmpty);
                 }
+                Ok(())
             }
-            let mut st = node.state.lock().unwrap();
-            st.etag = Some(new_etag.clone());
-            st.local_etag = Some(new_etag);
-            if other_version {
-                // The blob moved was not the version this inode described
-                // (replaced elsewhere or during the copy): re-learn it.
-                st.expires = Instant::now();
-                st.meta_known = false;
-            }
-            if st.cpk_sha256.is_some() {
-                st.cpk_sha256 = self.key.as_ref().map(|k| k.sha256().to_string());
-            }
+            _ => Ok(()),
         }
-        if let Some(d) = &dst {
+    }
+
+    /// The inode a rename replaced is gone: handles still open on it see
+    /// an unlinked file.
+    fn mark_replaced(&self, dst: Option<&Entry>) {
+        if let Some(d) = dst {
             if let Ok(dn) = self.node(d.ino) {
                 let mut ds = dn.state.lock().unwrap();
                 ds.unlinked = true;
                 ds.attr.nlink = 0;
             }
         }
-        self.inodes.remove_child(new_parent, new_name);
-        self.inodes.rename(parent, name, new_parent, new_name);
-        self.inodes.set_negative(parent, name, self.expiry());
-        node.state.lock().unwrap().attr.ctime = SystemTime::now();
-        self.dir_changed(parent);
-        self.dir_changed(new_parent);
+    }
+
+    /// Rename's move of a file's blob (committed by the caller): copy it to
+    /// `dst_path`, delete the version copied, and point the inode at the
+    /// copy. A file never stored (no ETag) has no blob to move.
+    async fn move_file_blob(&self, node: &Inode, src_path: &str, dst_path: &str) -> FsResult<()> {
+        let s = node.snapshot();
+        let Some(etag) = &s.etag else {
+            return Ok(());
+        };
+        // A rename changes the object's ctime (as on Linux filesystems).
+        // Stored with the copy where the metadata is known whole: our
+        // CPK blobs (merged over what the copy reads) and special files;
+        // for other tools' plain blobs (their metadata is kept as is) it
+        // stays in memory.
+        let ctime = SystemTime::now();
+        let set = (s.meta_known && (s.cpk_sha256.is_some() || s.attr.kind.is_special()))
+            .then(|| Attr { ctime, ..s.attr }.to_metadata());
+        let (new_etag, copied) = self
+            .copy_one(
+                src_path,
+                dst_path,
+                s.cpk_sha256.as_deref(),
+                set.as_ref(),
+                Some(etag.as_str()),
+            )
+            .await?;
+        // Delete exactly the version that was copied: a source replaced
+        // after the copy keeps its name (412), and nothing is lost.
+        let copied = copied.unwrap_or_else(|| etag.clone());
+        let other_version = copied != *etag;
+        match self
+            .client
+            .delete_blob(src_path, &Conditions::if_match(copied))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::error!(from = %src_path, to = %dst_path, error = %e, "rename copied the blob but could not delete the source");
+                return Err(e.into());
+            }
+        }
+        self.adopt_moved_blob(node, new_etag, other_version);
         Ok(())
+    }
+
+    /// Point a renamed file's inode at the blob written under its new name.
+    fn adopt_moved_blob(&self, node: &Inode, new_etag: String, other_version: bool) {
+        let mut st = node.state.lock().unwrap();
+        st.etag = Some(new_etag.clone());
+        st.local_etag = Some(new_etag);
+        if other_version {
+            // The blob moved was not the version this inode described
+            // (replaced elsewhere or during the copy): re-learn it.
+            st.expires = Instant::now();
+            st.meta_known = false;
+        }
+        if st.cpk_sha256.is_some() {
+            st.cpk_sha256 = self.key.as_ref().map(|k| k.sha256().to_string());
+        }
     }
 
     /// Move every blob under `src/` to `dst/`, then the marker. Failures are

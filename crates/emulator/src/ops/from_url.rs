@@ -23,14 +23,17 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use http::{HeaderMap, Method, Response};
 
-use super::cpk::{self, CpkKey};
-use super::error::ApiError;
-use super::ops::{
-    blob_props, block_id, container_mut, etag_headers, parse_metadata, parse_range, request_cpk,
-    segments, stage_block, store_whole_blob, write_cpk_headers, R,
-};
-use super::server::{empty, Req, Shared};
-use super::store::{Block, Committed};
+use super::blob::store_whole_blob;
+use super::blocks::{block_id, stage_block};
+use super::read::{parse_range, segments};
+use super::request::{blob_props, parse_metadata, request_cpk};
+use super::response::{etag_headers, write_cpk_headers, R};
+use super::stored::container_mut;
+use crate::cpk::{self, CpkKey};
+use crate::error::ApiError;
+use crate::http::{empty, Req};
+use crate::shared::Shared;
+use crate::store::{Block, Committed};
 
 /// The first service version that accepts source keys on the From-URL operations.
 pub const SOURCE_CPK_VERSION: &str = "2026-02-06";
@@ -149,7 +152,7 @@ fn parse_source(req: &Req) -> Result<SourceRef, ApiError> {
         account,
         container,
         blob,
-        query: super::auth::parse_query(url.query().unwrap_or("")),
+        query: crate::http::parse_query(url.query().unwrap_or("")),
         raw_path,
     })
 }
@@ -181,7 +184,7 @@ fn authorize_source(shared: &Shared, req: &Req, s: &SourceRef) -> Result<(), Api
             )),
         };
     }
-    super::auth::authenticate(
+    crate::auth::authenticate(
         shared,
         &Method::GET,
         &HeaderMap::new(),
@@ -303,7 +306,7 @@ async fn copy_range(
 ) -> Result<(Arc<Block>, u64), ApiError> {
     let len = (end - start) as usize;
     let mut out = vec![0u8; len];
-    let nonce = dest_key.map(|_| super::ops::new_nonce());
+    let nonce = dest_key.map(|_| cpk::new_nonce());
     let mut ks = match (dest_key, &nonce) {
         (Some(k), Some(n)) => Some(k.keystream(n, 0)),
         _ => None,
