@@ -6,6 +6,10 @@
 //! root with the delimiter, which rolls the whole prefix into one entry).
 //!
 //! usage: bench_tree populate|list|pages ENDPOINT CA_FILE CONTAINER PREFIX N [CPK_FILE]
+//!
+//! Blobs carry the metadata a mount writes (mode, uid, gid, mtime). With
+//! `BENCH_TREE_TAGS=1` they also carry it as blob index tags, and `list`
+//! asks for the tags (`include=tags`), as a mount with `attrs_in_tags` does.
 
 use bytes::Bytes;
 use cpkfs::blob::*;
@@ -37,6 +41,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?));
     }
     let client = BlobClient::new(cfg)?;
+    let with_tags = std::env::var("BENCH_TREE_TAGS").is_ok_and(|v| v == "1");
+    let metadata: Metadata = [
+        ("mode", "0644"),
+        ("uid", "0"),
+        ("gid", "0"),
+        ("mtime", "1700000000.000000000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     match mode.as_str() {
         "populate" => {
             let _ = client.create_container().await;
@@ -47,8 +61,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let client = client.clone();
                     let key = key.clone();
                     let name = format!("{prefix}/f{i:06}");
+                    let opts = CommitOptions {
+                        metadata: metadata.clone(),
+                        tags: with_tags.then(|| metadata.clone()),
+                        ..Default::default()
+                    };
                     async move {
-                        let opts = CommitOptions::default();
                         client
                             .put_blob(
                                 &name,
@@ -73,6 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 prefix: Some(format!("{prefix}/")),
                 delimiter: Some("/".into()),
                 include_metadata: true,
+                include_tags: with_tags,
                 max_results: Some(5000),
                 ..Default::default()
             });
@@ -95,6 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 prefix: Some(format!("{prefix}/")),
                 delimiter: Some("/".into()),
                 include_metadata: true,
+                include_tags: with_tags,
                 max_results: Some(5000),
                 ..Default::default()
             };

@@ -437,3 +437,13 @@ async fn source_key_copies_are_recognised_as_unsupported_by_azurite() {
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
 }
+
+/// Blob index tags as Azurite (Microsoft's emulator) implements them: the
+/// same checks the bundled emulator passes (tests/emulator_client.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_index_tags_against_azurite() {
+    let az = azurite::Azurite::start();
+    let c = client(&az, &unique("aztags"));
+    c.create_container().await.unwrap();
+    blob_tags_round_trip(&c, None).await;
+}

@@ -198,6 +198,7 @@ async fn every_operation(emu: &Emu, key: Option<&CustomerKey>) {
         content_type: Some("application/x-test".into()),
         metadata: md(&[("mtime", "1700000000")]),
         conditions: Conditions::create_only(),
+        tags: None,
     };
     let w2 = commit(&c, name, &refs, &opts2, key).await.unwrap();
     assert_eq!(w2.cpk_sha256, want_sha);
@@ -240,6 +241,7 @@ async fn every_operation(emu: &Emu, key: Option<&CustomerKey>) {
         content_type: Some("application/x-test2".into()),
         metadata: md(&[("uid", "1000")]),
         conditions: Conditions::if_match(&w2.etag),
+        tags: None,
     };
     let w3 = commit(&c, name, &refs, &opts3, key).await.unwrap();
     let (got, props) = c
@@ -1137,4 +1139,12 @@ async fn copy_from_url_in_ranges_rekeys_and_reports_each_range() {
         .await
         .unwrap_err();
     assert!(e.is_not_found(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_index_tags_with_and_without_cpk() {
+    let emu = Emu::start().await;
+    let key = random_key();
+    blob_tags_round_trip(&emu.new_container("tagsplain").await, None).await;
+    blob_tags_round_trip(&emu.new_container("tagscpk").await, Some(&key)).await;
 }

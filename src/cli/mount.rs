@@ -326,6 +326,7 @@ fn fs_config(s: &Settings) -> Result<FsConfig> {
     }
     c.read_only = s.read_only.unwrap_or(false);
     c.overwrite_conflicts = s.conflict.as_deref() == Some("overwrite");
+    c.attrs_in_tags = s.attrs_in_tags.unwrap_or(false);
     let mut d = AttrDefaults::default();
     if let Some(u) = s.uid {
         d.uid = u;

@@ -93,10 +93,21 @@ async fn rotate_one(
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     let cond = Conditions::if_match(props.etag.clone());
+    // A commit replaces the blob's index tags (a mount with attrs_in_tags
+    // keeps attributes there): carry them over.
+    let tags = if props.tag_count > 0 {
+        match client.get_blob_tags(name).await {
+            Ok(t) => Some(t),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+    } else {
+        None
+    };
     let opts = CommitOptions {
         content_type: props.content_type.clone(),
         metadata: props.metadata.clone(),
         conditions: cond.clone(),
+        tags,
     };
     let size = props.content_length;
     let mut on_server = None;

@@ -269,6 +269,8 @@ settings! {
             _ => bail!("conflict={v}: expected error or overwrite"),
         },
         doc "When another writer changed a file since it was opened: `error` — close fails (EIO) and this version is kept as `NAME.cpkfs-conflict-<time>`; `overwrite` — last writer wins.";
+    attrs_in_tags: bool, alias None, env "`CPKFS_ATTRS_IN_TAGS`", default "`false`", check any,
+        doc "Also keep each CPK file's mode, owner and times in its blob index tags, which List Blobs returns unencrypted: the first listing of a directory of CPK files then needs no keyed HEAD per file. Tags are not encrypted by the key: anyone who can list the container sees these attributes (never names' contents or data). Needs tag permission (`t` in a SAS). See `docs/SEMANTICS.md` \"Attributes in blob index tags\".";
     retry_attempts: u32, alias None, env "`CPKFS_RETRY_ATTEMPTS`", default "`6`", check |n| {
             if *n == 0 {
                 bail!("retry_attempts must be at least 1");

@@ -169,6 +169,16 @@ impl<'a> Call<'a> {
         }
         self
     }
+    /// `x-ms-tags` of a commit, checked as the service would.
+    fn tags(self, tags: Option<&Metadata>) -> Result<Self, BlobError> {
+        match tags {
+            None => Ok(self),
+            Some(t) => {
+                crate::tags::check(t).map_err(BlobError::Config)?;
+                Ok(self.header("x-ms-tags", crate::tags::header_value(t)))
+            }
+        }
+    }
     fn metadata(mut self, md: &Metadata) -> Result<Self, BlobError> {
         for (k, v) in md {
             let name = HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes())
@@ -263,6 +273,11 @@ fn properties_from_headers(h: &HeaderMap, status: StatusCode) -> BlobProperties 
         metadata: Metadata::new(),
         metadata_encrypted: false,
         copy_status: header_str(h, "x-ms-copy-status").map(str::to_string),
+        // HEAD tells only how many (x-ms-tag-count); Get Blob Tags has them.
+        tags: None,
+        tag_count: header_str(h, "x-ms-tag-count")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     };
     if status == StatusCode::PARTIAL_CONTENT {
         // Content-Range: bytes 0-4/11 → the blob's size is 11.
@@ -703,14 +718,17 @@ impl BlobClient {
         if let Some(m) = &max {
             q.push(("maxresults", m));
         }
-        let include = match (opts.include_metadata, opts.include_uncommitted) {
-            (true, true) => Some("metadata,uncommittedblobs"),
-            (true, false) => Some("metadata"),
-            (false, true) => Some("uncommittedblobs"),
-            (false, false) => None,
-        };
-        if let Some(i) = include {
-            q.push(("include", i));
+        let include: Vec<&str> = [
+            (opts.include_metadata, "metadata"),
+            (opts.include_tags, "tags"),
+            (opts.include_uncommitted, "uncommittedblobs"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let include = include.join(",");
+        if !include.is_empty() {
+            q.push(("include", &include));
         }
         let call = Call::new(
             "ListBlobs",
@@ -918,6 +936,7 @@ impl BlobClient {
         .key(key)
         .conditions(&opts.conditions)
         .metadata(&opts.metadata)?
+        .tags(opts.tags.as_ref())?
         .body(body.clone());
         if let Some(ct) = &opts.content_type {
             call = call.header("x-ms-blob-content-type", ct);
@@ -988,6 +1007,7 @@ impl BlobClient {
         .key(key)
         .conditions(&opts.conditions)
         .metadata(&opts.metadata)?
+        .tags(opts.tags.as_ref())?
         .body(body);
         if let Some(ct) = &opts.content_type {
             call = call.header("x-ms-blob-content-type", ct);
@@ -1060,6 +1080,38 @@ impl BlobClient {
         )
         .conditions(cond);
         self.execute(call).await.map(|_| ())
+    }
+
+    /// Set Blob Tags: replace the blob's index tags. Takes no key (tags are
+    /// not encrypted) and leaves the ETag as it is.
+    pub async fn set_blob_tags(&self, name: &str, tags: &Metadata) -> Result<(), BlobError> {
+        crate::tags::check(tags).map_err(BlobError::Config)?;
+        let call = Call::new(
+            "SetBlobTags",
+            Method::PUT,
+            self.blob_url(name, &[("comp", "tags")]),
+            self.res(name),
+        )
+        .header("content-type", "application/xml")
+        .body(Bytes::from(crate::tags::body(tags)));
+        self.execute(call).await.map(|_| ())
+    }
+
+    /// Get Blob Tags: the blob's index tags.
+    pub async fn get_blob_tags(&self, name: &str) -> Result<Metadata, BlobError> {
+        let call = Call::new(
+            "GetBlobTags",
+            Method::GET,
+            self.blob_url(name, &[("comp", "tags")]),
+            self.res(name),
+        );
+        let resource = call.resource.clone();
+        let (_, body) = self.execute_with_body(call).await?;
+        xml::parse_tags(&body).map_err(|detail| BlobError::Protocol {
+            operation: "GetBlobTags",
+            resource,
+            detail,
+        })
     }
 
     pub async fn set_blob_metadata(
@@ -1213,7 +1265,8 @@ impl BlobClient {
         .header("x-ms-copy-source-blob-properties", "false")
         .key(key)
         .conditions(&opts.conditions)
-        .metadata(&opts.metadata)?;
+        .metadata(&opts.metadata)?
+        .tags(opts.tags.as_ref())?;
         let mut call = self.with_copy_source(call, src);
         if let Some(ct) = &opts.content_type {
             call = call.header("x-ms-blob-content-type", ct);

@@ -23,6 +23,7 @@ pub mod secret;
 pub mod server_copy;
 pub mod signing;
 pub mod stats;
+pub mod tags;
 pub mod upload;
 pub mod xml;
 

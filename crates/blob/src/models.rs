@@ -24,6 +24,12 @@ pub struct BlobProperties {
     pub metadata_encrypted: bool,
     /// `x-ms-copy-status` when the blob is the destination of a copy.
     pub copy_status: Option<String>,
+    /// Blob index tags, from a listing with `include=tags` (`None`: not
+    /// asked for, or the blob has none).
+    pub tags: Option<Metadata>,
+    /// How many index tags the blob has (`x-ms-tag-count` of HEAD/GET,
+    /// `TagCount` of a listing); 0 when none or not reported.
+    pub tag_count: u32,
 }
 
 /// One `<Blob>` of a listing.
@@ -53,6 +59,8 @@ pub struct ListOptions {
     /// Also list blobs that have only uncommitted blocks (a writer staged
     /// blocks and never committed): `include=uncommittedblobs`.
     pub include_uncommitted: bool,
+    /// Also return each blob's index tags: `include=tags`.
+    pub include_tags: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +134,9 @@ pub struct CommitOptions {
     pub content_type: Option<String>,
     pub metadata: Metadata,
     pub conditions: Conditions,
+    /// Blob index tags the commit sets (`x-ms-tags`); `None` sends none, and
+    /// the new version has no tags.
+    pub tags: Option<Metadata>,
 }
 
 /// The source of a Put Blob/Block From URL: a blob of the same container, its

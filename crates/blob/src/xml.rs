@@ -145,7 +145,12 @@ pub fn parse_list_blobs(xml: &[u8]) -> Result<ListPage, String> {
                     props.content_md5 = p.text_of("Content-MD5").map(str::to_string);
                     props.cpk_sha256 = p.text_of("CustomerProvidedKeySha256").map(str::to_string);
                     props.server_encrypted = p.text_of("ServerEncrypted") == Some("true");
+                    props.tag_count = p
+                        .text_of("TagCount")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                 }
+                props.tags = entry.child("Tags").map(tag_set);
                 if let Some(m) = entry.child("Metadata") {
                     if m.attr("Encrypted") == Some("true") {
                         props.metadata_encrypted = true;
@@ -163,6 +168,29 @@ pub fn parse_list_blobs(xml: &[u8]) -> Result<ListPage, String> {
         }
     }
     Ok(page)
+}
+
+/// The `<TagSet>` of a `<Tags>` element (Get Blob Tags, or one blob of a
+/// listing with `include=tags`).
+fn tag_set(tags: &Elem) -> crate::models::Metadata {
+    let mut out = crate::models::Metadata::new();
+    if let Some(set) = tags.child("TagSet") {
+        for t in set.children.iter().filter(|t| t.name == "Tag") {
+            if let Some(k) = t.text_of("Key") {
+                out.insert(k.to_string(), t.text_of("Value").unwrap_or("").into());
+            }
+        }
+    }
+    out
+}
+
+/// The body of Get Blob Tags.
+pub fn parse_tags(xml: &[u8]) -> Result<crate::models::Metadata, String> {
+    let root = parse_tree(xml)?;
+    if root.name != "Tags" {
+        return Err(format!("expected Tags, got {}", root.name));
+    }
+    Ok(tag_set(&root))
 }
 
 pub fn parse_block_list(xml: &[u8]) -> Result<BlockList, String> {

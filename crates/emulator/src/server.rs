@@ -72,6 +72,8 @@ fn operation(
         ("PUT", "metadata") => "SetBlobMetadata",
         ("GET", "metadata") | ("HEAD", "metadata") => "GetBlobMetadata",
         ("PUT", "properties") => "SetBlobProperties",
+        ("PUT", "tags") => "SetBlobTags",
+        ("GET", "tags") => "GetBlobTags",
         _ => "Unknown",
     }
 }

@@ -98,9 +98,29 @@ pub struct Committed {
     pub last_modified: DateTime<Utc>,
     pub created: DateTime<Utc>,
     pub copy: Option<CopyInfo>,
+    /// Blob index tags (ops/tags.rs): set with the version, or replaced
+    /// later without a new ETag.
+    pub tags: Vec<(String, String)>,
 }
 
 impl Committed {
+    /// The same version with other index tags (Set Blob Tags: ETag and
+    /// Last-Modified stay).
+    pub fn with_tags(&self, tags: Vec<(String, String)>) -> Committed {
+        Committed {
+            blocks: self.blocks.clone(),
+            size: self.size,
+            props: self.props.clone(),
+            metadata: self.metadata.clone(),
+            key_sha: self.key_sha.clone(),
+            etag: self.etag.clone(),
+            last_modified: self.last_modified,
+            created: self.created,
+            copy: self.copy.clone(),
+            tags,
+        }
+    }
+
     /// Copy with new properties/metadata and a fresh ETag (same content).
     pub fn with_changes(&self, props: Props, metadata: Vec<(String, String)>) -> Committed {
         Committed {
@@ -113,6 +133,7 @@ impl Committed {
             last_modified: Utc::now(),
             created: self.created,
             copy: self.copy.clone(),
+            tags: self.tags.clone(),
         }
     }
 }
@@ -218,6 +239,9 @@ struct CommittedMeta {
     #[serde(with = "ts")]
     created: DateTime<Utc>,
     copy: Option<CopyInfo>,
+    /// Absent in data directories written before tags existed.
+    #[serde(default)]
+    tags: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -370,6 +394,7 @@ impl Disk {
                 last_modified: c.last_modified,
                 created: c.created,
                 copy: c.copy.clone(),
+                tags: c.tags.clone(),
             }),
             uncommitted: entry
                 .uncommitted
@@ -448,6 +473,7 @@ impl Disk {
                                 last_modified: c.last_modified,
                                 created: c.created,
                                 copy: c.copy,
+                                tags: c.tags,
                             }));
                         }
                         for m in &bm.uncommitted {

@@ -5,6 +5,27 @@ use cpkfs_blob::{BlobProperties, Metadata};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const META_MODE: &str = "mode";
+/// The metadata entries that describe a node, which are also its blob index
+/// tags when attributes are kept in tags (fewer than the service's 10).
+pub const ATTR_TAG_KEYS: [&str; 9] = [
+    META_MODE,
+    META_UID,
+    META_GID,
+    META_MTIME,
+    META_ATIME,
+    META_CTIME,
+    META_FILE_TYPE,
+    META_RDEV,
+    META_SYMLINK,
+];
+
+/// The attribute entries of `md` (metadata or tags): what is stored in tags.
+pub fn tag_subset(md: &cpkfs_blob::Metadata) -> cpkfs_blob::Metadata {
+    md.iter()
+        .filter(|(k, _)| ATTR_TAG_KEYS.iter().any(|a| k.eq_ignore_ascii_case(a)))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
 pub const META_UID: &str = "uid";
 pub const META_GID: &str = "gid";
 pub const META_MTIME: &str = "mtime";

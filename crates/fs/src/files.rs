@@ -766,6 +766,7 @@ impl Fs {
         let metadata = attr.to_metadata();
         let opts = CommitOptions {
             content_type: None,
+            tags: self.attr_tags(&metadata, self.key.is_some()),
             metadata: metadata.clone(),
             conditions: Conditions::default(),
         };
@@ -1035,6 +1036,7 @@ impl Fs {
                     content_type: None,
                     metadata: s.attr.to_metadata(),
                     conditions: Conditions::default(),
+                    tags: None,
                 };
                 let r = self
                     .client
@@ -1086,6 +1088,12 @@ impl Fs {
             .client
             .set_blob_metadata(path, &md, cpk.as_deref(), &Conditions::if_match(target))
             .await?;
+        // Tags cannot be set in the same request; they follow, and a
+        // failure fails the chmod/chown/utimens (the metadata, which a
+        // keyed HEAD reads, is already right; SEMANTICS.md).
+        if let Some(tags) = self.attr_tags(&md, cpk.is_some()) {
+            self.client.set_blob_tags(path, &tags).await?;
+        }
         if cpk.is_some() {
             self.cpk_meta
                 .lock()

@@ -55,6 +55,11 @@ pub struct FsConfig {
     pub keyring: KeyRing,
     /// Last writer wins instead of failing close on a concurrent change.
     pub overwrite_conflicts: bool,
+    /// Also keep a CPK blob's attributes (mode, owner, times) in its blob
+    /// index tags, which listings return unencrypted: a listing then needs
+    /// no keyed HEAD per entry. Opt-in: anyone who can list sees them
+    /// (docs/SEMANTICS.md).
+    pub attrs_in_tags: bool,
 }
 
 impl Default for FsConfig {
@@ -72,6 +77,7 @@ impl Default for FsConfig {
             read_only: false,
             keyring: KeyRing::default(),
             overwrite_conflicts: false,
+            attrs_in_tags: false,
         }
     }
 }
@@ -415,6 +421,11 @@ impl Fs {
             let Some(key) = p.cpk_sha256.as_deref().and_then(|h| self.ring_key(h)) else {
                 continue;
             };
+            if let Some(md) = self.attrs_from_tags(p) {
+                p.metadata = md;
+                p.metadata_encrypted = false;
+                continue;
+            }
             if let Some(md) = self
                 .cpk_meta
                 .lock()
@@ -457,6 +468,25 @@ impl Fs {
                 }
             }
         }
+    }
+
+    /// The tags a commit of a CPK blob carries when `attrs_in_tags` is on:
+    /// the attribute entries of its metadata (at most 9 of the service's 10
+    /// tags). `None` when off, or for blobs stored without a key (their
+    /// metadata is listed anyway).
+    fn attr_tags(&self, md: &cpkfs_blob::Metadata, keyed: bool) -> Option<cpkfs_blob::Metadata> {
+        (self.cfg.attrs_in_tags && keyed).then(|| attr::tag_subset(md))
+    }
+
+    /// A listed CPK blob's attributes from its tags, when the mount keeps
+    /// them there and these tags hold them (a mode at least).
+    fn attrs_from_tags(&self, p: &BlobProperties) -> Option<cpkfs_blob::Metadata> {
+        if !self.cfg.attrs_in_tags {
+            return None;
+        }
+        let tags = p.tags.as_ref()?;
+        tags.contains_key(attr::META_MODE)
+            .then(|| attr::tag_subset(tags))
     }
 
     // ------------------------------------------------------------------ lookup
@@ -572,6 +602,7 @@ impl Fs {
                 delimiter: Some("/".into()),
                 max_results: Some(PROBE_PAGE),
                 include_metadata: true,
+                include_tags: self.cfg.attrs_in_tags,
                 ..Default::default()
             })
             .await?;
@@ -737,6 +768,7 @@ impl Fs {
             marker: h.marker.clone(),
             max_results: Some(5000),
             include_metadata: true,
+            include_tags: self.cfg.attrs_in_tags,
             ..Default::default()
         };
         let mut page = self.client.list_blobs(&opts).await?;
@@ -919,6 +951,7 @@ impl Fs {
             content_type: None,
             metadata: s.attr.to_metadata(),
             conditions: Conditions::if_match(etag),
+            tags: None,
         };
         let r = match self
             .client

@@ -165,6 +165,7 @@ impl Fs {
                     marker: marker.take(),
                     max_results: Some(5000),
                     include_metadata: true,
+                    include_tags: self.cfg.attrs_in_tags,
                     ..Default::default()
                 })
                 .await?;

@@ -158,6 +158,7 @@ impl Fs {
             content_type: None,
             metadata: attr.to_metadata(),
             conditions: Conditions::default(),
+            tags: None,
         };
         let r = self
             .client
@@ -312,9 +313,11 @@ impl Fs {
             size: target.len() as u64,
             ..Attr::new(Kind::Symlink, 0o777, uid, gid)
         };
+        let metadata = attr.to_metadata();
         let opts = CommitOptions {
             content_type: None,
-            metadata: attr.to_metadata(),
+            tags: self.attr_tags(&metadata, self.key.is_some()),
+            metadata,
             conditions: Conditions::default(),
         };
         let r = self
@@ -520,6 +523,7 @@ impl Fs {
         }
         let opts = CommitOptions {
             content_type: props.content_type.clone(),
+            tags: self.attr_tags(&metadata, key.is_some()),
             metadata,
             conditions: Conditions::default(),
         };
@@ -791,6 +795,7 @@ impl Fs {
                     content_type: None,
                     metadata: attr.to_metadata(),
                     conditions: Conditions::default(),
+                    tags: None,
                 };
                 self.client.put_blob(dst, Bytes::new(), &opts, None).await?;
             }

@@ -477,3 +477,99 @@ async fn create_of_a_name_unlinked_while_open_takes_the_async_path() {
     fs.release(e.ino, fh).await.unwrap();
     assert_eq!(read_all(&mount(&client), "f").await, b"second");
 }
+
+/// With `attrs_in_tags`, a CPK file's mode, owner and times travel in its
+/// blob index tags, so a fresh mount's first listing learns them with no
+/// keyed HEAD — the same attributes a mount without tags learns with one
+/// HEAD per file. chmod keeps the tags in step; a file stored without tags
+/// (another mount, another tool) still costs its HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attributes_in_tags_make_a_first_listing_need_no_head() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    const N: usize = 12;
+    {
+        let fs = mount_attrs_in_tags(&client, true);
+        for i in 0..N {
+            let (e, fh) = fs
+                .create(1, &format!("f{i:02}"), 0o600 + i as u32, 1000 + i as u32, 7)
+                .await
+                .unwrap();
+            fs.write(e.ino, fh, 0, &pattern(10 * i, 1)).await.unwrap();
+            fs.release(e.ino, fh).await.unwrap();
+        }
+        fs.symlink(1, "link", "f00", 5, 6).await.unwrap();
+    }
+    let attrs = |v: Vec<cpkfs_fs::dir::DirEntry>| -> Vec<(String, u16, u32, u32, u64, std::time::SystemTime)> {
+        v.into_iter()
+            .map(|e| (e.name, e.attr.perm, e.attr.uid, e.attr.gid, e.attr.size, e.attr.mtime))
+            .collect()
+    };
+
+    // The reference: a mount that does not read tags asks with keyed HEADs.
+    stats.reset().await;
+    let heads = attrs(list_dir(&mount_attrs_in_tags(&client, false), 1).await);
+    let s = stats.requests().await;
+    assert_eq!(s["requests"]["GetBlobProperties"], N as u64 + 1, "{s}");
+    assert_eq!(heads.len(), N + 1);
+    assert_eq!((heads[0].1, heads[0].2, heads[0].3), (0o600, 1000, 7));
+    assert_eq!((heads[5].1, heads[5].2, heads[5].4), (0o605, 1005, 50));
+    assert_eq!((&*heads[N].0, heads[N].1, heads[N].2), ("link", 0o777, 5));
+
+    stats.reset().await;
+    let fs = mount_attrs_in_tags(&client, true);
+    let tagged = attrs(list_dir(&fs, 1).await);
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), vec![("ListBlobs".to_string(), 1)], "{s}");
+    assert_eq!(tagged, heads, "tags and metadata describe the same files");
+
+    // chmod of a file this mount did not write: a HEAD (to keep metadata
+    // other tools set, as without tags), the metadata, then the tags.
+    let e = fs.lookup(1, "f03").await.unwrap();
+    stats.reset().await;
+    fs.setattr(
+        e.ino,
+        cpkfs_fs::SetAttr {
+            mode: Some(0o751),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = stats.requests().await;
+    assert_eq!(
+        ops(&s),
+        vec![
+            ("GetBlobProperties".to_string(), 1),
+            ("SetBlobMetadata".to_string(), 1),
+            ("SetBlobTags".to_string(), 1)
+        ],
+        "{s}"
+    );
+    // A rename copies on the server and gives the copy the tags.
+    fs.rename(1, "f01", 1, "g01", false).await.unwrap();
+    // A file stored by a mount without tags.
+    put_file(&mount_attrs_in_tags(&client, false), "untagged", b"x").await;
+
+    stats.reset().await;
+    let again = list_dir(&mount_attrs_in_tags(&client, true), 1).await;
+    let s = stats.requests().await;
+    assert_eq!(
+        ops(&s),
+        vec![
+            ("GetBlobProperties".to_string(), 1),
+            ("ListBlobs".to_string(), 1)
+        ],
+        "only the untagged file needs a HEAD: {s}"
+    );
+    let f03 = again.iter().find(|e| e.name == "f03").unwrap();
+    assert_eq!(f03.attr.perm, 0o751);
+    let g01 = again.iter().find(|e| e.name == "g01").unwrap();
+    assert_eq!(
+        (g01.attr.perm, g01.attr.uid, g01.attr.size),
+        (0o601, 1001, 10)
+    );
+    let untagged = again.iter().find(|e| e.name == "untagged").unwrap();
+    assert_eq!(untagged.attr.perm, 0o644);
+}

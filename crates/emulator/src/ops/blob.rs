@@ -73,6 +73,7 @@ pub fn store_whole_blob(
     metadata: Vec<(String, String)>,
     key: Option<&CpkKey>,
 ) -> Result<Arc<Committed>, ApiError> {
+    let tags = super::tags::from_header(req)?;
     let mut st = shared.state.lock().unwrap();
     let cont = container_mut(&mut st, req)?;
     let entry = cont.blobs.entry(req.blob.clone()).or_default();
@@ -93,6 +94,7 @@ pub fn store_whole_blob(
         last_modified: now,
         created: entry.committed.as_ref().map(|c| c.created).unwrap_or(now),
         copy: None,
+        tags,
     });
     entry.committed = Some(committed.clone());
     entry.uncommitted.clear();
@@ -173,6 +175,7 @@ pub(super) fn set_blob_properties(shared: &Shared, req: Req) -> R {
 }
 
 pub(super) fn copy_blob(shared: &Shared, req: Req) -> R {
+    let tags = super::tags::from_header(&req)?;
     let src = req.h("x-ms-copy-source").unwrap_or("").to_string();
     let cannot =
         |status: u16, msg: &str| ApiError::new(status, "CannotVerifyCopySource", msg.to_string());
@@ -239,6 +242,7 @@ pub(super) fn copy_blob(shared: &Shared, req: Req) -> R {
             completion: now,
             progress: format!("{}/{}", source.size, source.size),
         }),
+        tags,
     };
     let resp = etag_headers(Response::builder().status(202), &new.etag, &now)
         .header("x-ms-copy-id", copy_id)

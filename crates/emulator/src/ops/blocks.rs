@@ -217,6 +217,7 @@ pub(super) fn put_block_list(shared: &Shared, req: Req) -> R {
     let key = request_cpk(shared, &req, true)?;
     let (md5, crc) = check_transactional(&req)?;
     let list = parse_block_list(&req.body)?;
+    let tags = super::tags::from_header(&req)?;
     if list.len() > 50_000 {
         return Err(ApiError::new(
             400,
@@ -252,6 +253,7 @@ pub(super) fn put_block_list(shared: &Shared, req: Req) -> R {
         last_modified: now,
         created,
         copy: None,
+        tags,
     };
     let mut b = etag_headers(Response::builder().status(201), &committed.etag, &now)
         .header("content-length", "0");
@@ -376,6 +378,7 @@ mod tests {
             last_modified: now,
             created: now,
             copy: None,
+            tags: vec![],
         }));
         e.uncommitted.insert("Qg==".into(), (1, blk(2)));
         e.uncommitted.insert("QQ==".into(), (2, blk(10)));

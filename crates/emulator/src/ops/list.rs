@@ -84,6 +84,7 @@ struct ListQuery {
     max: usize,
     inc_meta: bool,
     inc_uncommitted: bool,
+    inc_tags: bool,
 }
 
 impl ListQuery {
@@ -99,7 +100,7 @@ impl ListQuery {
                 Err(_) => return Err(ApiError::invalid_query("maxresults", v, "Invalid integer")),
             },
         };
-        let (inc_meta, inc_uncommitted) = parse_include(req)?;
+        let (inc_meta, inc_uncommitted, inc_tags) = parse_include(req)?;
         let marker = if marker_raw.is_empty() {
             String::new()
         } else {
@@ -114,24 +115,26 @@ impl ListQuery {
             max,
             inc_meta,
             inc_uncommitted,
+            inc_tags,
         })
     }
 }
 
-/// List Blobs' `include`: (metadata, uncommittedblobs). The other datasets
-/// are accepted and have nothing to show here.
-fn parse_include(req: &Req) -> Result<(bool, bool), ApiError> {
+/// List Blobs' `include`: (metadata, uncommittedblobs, tags). The other
+/// datasets are accepted and have nothing to show here.
+fn parse_include(req: &Req) -> Result<(bool, bool, bool), ApiError> {
     let mut inc_meta = false;
     let mut inc_uncommitted = false;
+    let mut inc_tags = false;
     if let Some(inc) = req.q("include") {
         for i in inc.split(',').filter(|s| !s.is_empty()) {
             match i {
                 "metadata" => inc_meta = true,
                 "uncommittedblobs" => inc_uncommitted = true,
+                "tags" => inc_tags = true,
                 "snapshots"
                 | "copy"
                 | "deleted"
-                | "tags"
                 | "versions"
                 | "deletedwithversions"
                 | "immutabilitypolicy"
@@ -141,7 +144,7 @@ fn parse_include(req: &Req) -> Result<(bool, bool), ApiError> {
             }
         }
     }
-    Ok((inc_meta, inc_uncommitted))
+    Ok((inc_meta, inc_uncommitted, inc_tags))
 }
 
 pub(super) fn list_blobs(shared: &Shared, req: Req) -> R {
@@ -173,7 +176,7 @@ pub(super) fn list_blobs(shared: &Shared, req: Req) -> R {
                 x.push_str(&xml_name(p));
                 x.push_str("</BlobPrefix>");
             }
-            ListItem::Blob(name) => push_blob_item(&mut x, name, &blobs[*name], q.inc_meta),
+            ListItem::Blob(name) => push_blob_item(&mut x, name, &blobs[*name], &q),
         }
     }
     x.push_str("</Blobs>");
@@ -213,7 +216,7 @@ fn push_list_head(x: &mut String, req: &Req, base: &str, q: &ListQuery) {
 }
 
 /// One `<Blob>` of a listing.
-fn push_blob_item(x: &mut String, name: &str, e: &BlobEntry, inc_meta: bool) {
+fn push_blob_item(x: &mut String, name: &str, e: &BlobEntry, q: &ListQuery) {
     x.push_str("<Blob>");
     x.push_str(&xml_name(name));
     x.push_str("<Properties>");
@@ -221,8 +224,11 @@ fn push_blob_item(x: &mut String, name: &str, e: &BlobEntry, inc_meta: bool) {
         Some(b) => {
             push_committed_props(x, b);
             x.push_str("</Properties>");
-            if inc_meta {
+            if q.inc_meta {
                 push_metadata(x, b);
+            }
+            if q.inc_tags {
+                super::tags::push_listed(x, b);
             }
         }
         None => {
@@ -235,7 +241,7 @@ fn push_blob_item(x: &mut String, name: &str, e: &BlobEntry, inc_meta: bool) {
                 ));
             }
             x.push_str("<Content-Length>0</Content-Length><BlobType>BlockBlob</BlobType><LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState><ServerEncrypted>true</ServerEncrypted></Properties>");
-            if inc_meta {
+            if q.inc_meta {
                 x.push_str("<Metadata />");
             }
         }
@@ -272,6 +278,9 @@ fn push_committed_props(x: &mut String, b: &Committed) {
         x.push_str(&format!(
             "<CustomerProvidedKeySha256>{s}</CustomerProvidedKeySha256>"
         ));
+    }
+    if !b.tags.is_empty() {
+        x.push_str(&format!("<TagCount>{}</TagCount>", b.tags.len()));
     }
     if let Some(cp) = &b.copy {
         x.push_str(&format!(

@@ -14,6 +14,7 @@ pub mod read;
 pub mod request;
 pub mod response;
 pub mod stored;
+pub mod tags;
 
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub async fn dispatch(shared: &Arc<Shared>, op: &str, req: Req) -> R {
         "CopyBlob" => blob::copy_blob(shared, req),
         "PutBlobFromUrl" => from_url::put_blob_from_url(shared, req).await,
         "PutBlockFromUrl" => from_url::put_block_from_url(shared, req).await,
+        "SetBlobTags" => tags::set_blob_tags(shared, req),
+        "GetBlobTags" => tags::get_blob_tags(shared, req),
         _ => Err(ApiError::unsupported()),
     }
 }

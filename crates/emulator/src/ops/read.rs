@@ -47,6 +47,9 @@ fn blob_headers(mut b: Builder, c: &Committed) -> Builder {
     if let Some(s) = &c.key_sha {
         b = b.header("x-ms-encryption-key-sha256", s.as_str());
     }
+    if !c.tags.is_empty() {
+        b = b.header("x-ms-tag-count", c.tags.len());
+    }
     let p = &c.props;
     for (h, v) in [
         ("content-encoding", &p.content_encoding),

@@ -132,3 +132,34 @@ pub fn mount_with_ttl(client: &BlobClient, ttl: Duration) -> Arc<Fs> {
         },
     )
 }
+
+/// Like [`mount`], keeping CPK files' attributes in blob index tags too
+/// (`attrs_in_tags`) or not.
+pub fn mount_attrs_in_tags(client: &BlobClient, on: bool) -> Arc<Fs> {
+    Fs::new(
+        client.clone(),
+        FsConfig {
+            block_size: BLOCK,
+            attr_ttl: Duration::from_secs(600),
+            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
+            attrs_in_tags: on,
+            ..FsConfig::default()
+        },
+    )
+}
+
+/// Every entry of directory `ino` (without `.` and `..`), read to the end.
+pub async fn list_dir(fs: &Fs, ino: u64) -> Vec<cpkfs_fs::dir::DirEntry> {
+    let fh = fs.opendir(ino).unwrap();
+    let mut all = vec![];
+    let mut offset = 0;
+    loop {
+        let batch = fs.readdir(ino, fh, offset).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        offset = last.next_offset;
+        all.extend(batch);
+    }
+    fs.releasedir(fh);
+    all.retain(|e| e.name != "." && e.name != "..");
+    all
+}
