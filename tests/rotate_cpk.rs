@@ -62,6 +62,9 @@ async fn rotate_cpk_rotates_verifies_and_resumes() {
         let opts = CommitOptions {
             content_type: Some("text/x-test".into()),
             metadata: md.clone(),
+            // Some carry blob index tags (a mount with attrs_in_tags): a
+            // re-key is a commit, which must carry them over.
+            tags: (i % 10 == 0).then(|| md.clone()),
             ..Default::default()
         };
         let data = pattern(size_of(i), i as u64);
@@ -196,6 +199,13 @@ async fn rotate_cpk_rotates_verifies_and_resumes() {
             Some("0640"),
             "{name}"
         );
+        let tags = client.get_blob_tags(&name).await.unwrap();
+        let want = if i % 10 == 0 {
+            md.clone()
+        } else {
+            Metadata::new()
+        };
+        assert_eq!(tags, want, "{name}: tags after rotation");
         let e = client
             .get_blob_properties(&name, Some(&old), &Conditions::default())
             .await
