@@ -257,6 +257,11 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time_or_now),
             atime: atime.map(time_or_now),
         };
+        match self.fs.setattr_now(ino.0, set) {
+            Some(Ok(e)) => return reply.attr(&self.ttl, &file_attr(e.ino, &e.attr)),
+            Some(Err(e)) => return reply.error(errno(&self.fs, "setattr", At::Ino(ino.0), &e)),
+            None => {}
+        }
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match fs.setattr(ino.0, set).await {

@@ -964,31 +964,8 @@ impl Fs {
                 res?;
             }
         }
-        let changes_meta = set.mode.is_some()
-            || set.uid.is_some()
-            || set.gid.is_some()
-            || set.mtime.is_some()
-            || set.atime.is_some();
-        if changes_meta {
-            {
-                let mut st = node.state.lock().unwrap();
-                if let Some(m) = set.mode {
-                    st.attr.perm = (m & 0o7777) as u16;
-                }
-                if let Some(u) = set.uid {
-                    st.attr.uid = u;
-                }
-                if let Some(g) = set.gid {
-                    st.attr.gid = g;
-                }
-                if let Some(t) = set.mtime {
-                    st.attr.mtime = t;
-                }
-                if let Some(t) = set.atime {
-                    st.attr.atime = t;
-                }
-                st.attr.ctime = SystemTime::now();
-            }
+        if changes_meta(&set) {
+            apply_meta(&node, &set);
             self.persist_attrs(&node, &path).await?;
         }
         let s = node.snapshot();
@@ -999,6 +976,34 @@ impl Fs {
             }
         }
         Ok(Entry { ino, attr })
+    }
+
+    /// A chmod/chown/utimens that memory completes: of a file whose pending
+    /// writes (or whose creation) are not stored yet, so the change goes with
+    /// their commit — `touch`'s futimens of the file it just created. `None`:
+    /// a size change, or a change to store now ([`Fs::setattr`]).
+    pub fn setattr_now(&self, ino: u64, set: SetAttr) -> Option<FsResult<Entry>> {
+        if set.size.is_some() || !changes_meta(&set) {
+            return None;
+        }
+        if self.cfg.read_only {
+            return Some(Err(FsError::ReadOnly));
+        }
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut w = node.write.try_lock().ok()?;
+        let ws = w.as_mut()?;
+        let pending = ws.base_etag().is_none() || ws.is_dirty() || ws.failed().is_some();
+        if !pending || node.snapshot().unlinked {
+            return None;
+        }
+        apply_meta(&node, &set);
+        ws.mark_dirty();
+        let mut attr = node.snapshot().attr;
+        attr.size = ws.size();
+        Some(Ok(Entry { ino, attr }))
     }
 
     /// Store the inode's mode/uid/gid/mtime in its blob's metadata.
@@ -1106,6 +1111,36 @@ impl Fs {
         st.expires = self.expiry();
         Ok(r.etag)
     }
+}
+
+/// Does `set` change mode, owner or times?
+fn changes_meta(set: &SetAttr) -> bool {
+    set.mode.is_some()
+        || set.uid.is_some()
+        || set.gid.is_some()
+        || set.mtime.is_some()
+        || set.atime.is_some()
+}
+
+/// Apply the mode, owner and times of `set` to the inode (ctime moves).
+fn apply_meta(node: &Inode, set: &SetAttr) {
+    let mut st = node.state.lock().unwrap();
+    if let Some(m) = set.mode {
+        st.attr.perm = (m & 0o7777) as u16;
+    }
+    if let Some(u) = set.uid {
+        st.attr.uid = u;
+    }
+    if let Some(g) = set.gid {
+        st.attr.gid = g;
+    }
+    if let Some(t) = set.mtime {
+        st.attr.mtime = t;
+    }
+    if let Some(t) = set.atime {
+        st.attr.atime = t;
+    }
+    st.attr.ctime = SystemTime::now();
 }
 
 /// A block from the cache, its shared fetch error turned back into one of
