@@ -547,10 +547,16 @@ impl Fs {
         for i in last + 1..=(last + window).min(nblocks.saturating_sub(1)) {
             let key = self.block_key(path, etag, i, cpk.as_deref());
             if !self.cache.contains(&key) {
+                // The mount's read-ahead budget is spent: the reader fetches
+                // this block itself when it gets there.
+                let Ok(permit) = self.readahead.clone().try_acquire_owned() else {
+                    break;
+                };
                 let cache = self.cache.clone();
                 let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
                 tokio::spawn(async move {
                     let _ = cache.get_or_fetch(key, move || fetch).await;
+                    drop(permit);
                 });
             }
         }

@@ -132,6 +132,10 @@ pub struct Fs {
     cfg: FsConfig,
     inodes: InodeTable,
     cache: Arc<BlockCache>,
+    /// Read-ahead fetches under way, for the whole mount: a block being
+    /// fetched is memory the cache does not count yet, and 8 readers with
+    /// 8 blocks of read-ahead each took a 256 MiB-cache mount to 800 MiB.
+    readahead: Arc<tokio::sync::Semaphore>,
     wctx: WriteContext,
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
@@ -185,6 +189,7 @@ fn join(dir: &str, name: &str) -> String {
 
 impl Fs {
     pub fn new(client: BlobClient, cfg: FsConfig) -> Arc<Fs> {
+        let readahead = readahead_budget(&cfg);
         // The keys belong to the ring alone. A client configured with a key
         // (tests, older callers) next to an empty ring would make this mount
         // write plain blobs without a word: refuse that mistake loudly.
@@ -247,6 +252,7 @@ impl Fs {
                 std::num::NonZeroUsize::new(200_000).unwrap(),
             )),
             deferred_deletes: Mutex::new(HashMap::new()),
+            readahead: Arc::new(tokio::sync::Semaphore::new(readahead)),
             server_copy: namespace::ServerCopy::default(),
             relists: listing::Relists::default(),
             stats: mount_stats,
@@ -1038,5 +1044,41 @@ pub(crate) mod pause {
             let _ = reached.send(());
             let _ = resume.await;
         }
+    }
+}
+
+/// Blocks of read-ahead the whole mount may be fetching at once: at most
+/// 64 MiB (the memory allowed beyond the block cache), at least one block,
+/// and no more than one reader's own window.
+fn readahead_budget(cfg: &FsConfig) -> usize {
+    let by_bytes = (64 << 20) / cfg.block_size.max(1);
+    by_bytes.clamp(1, cfg.max_readahead_blocks.max(1)) as usize
+}
+
+#[cfg(test)]
+mod readahead_budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_mount_wide_readahead_budget_is_64_mib_of_blocks_within_one_window() {
+        let mib = 1 << 20;
+        let cfg = |block: u64, window: u64| FsConfig {
+            block_size: block,
+            max_readahead_blocks: window,
+            ..FsConfig::default()
+        };
+        assert_eq!(readahead_budget(&cfg(8 * mib, 8)), 8, "defaults: 64 MiB");
+        assert_eq!(
+            readahead_budget(&cfg(64 << 10, 8)),
+            8,
+            "small blocks: one window"
+        );
+        assert_eq!(readahead_budget(&cfg(32 * mib, 8)), 2);
+        assert_eq!(
+            readahead_budget(&cfg(256 * mib, 8)),
+            1,
+            "at least one block"
+        );
+        assert_eq!(readahead_budget(&cfg(8 * mib, 0)), 1);
     }
 }
