@@ -131,17 +131,7 @@ fn stats_agree_with_the_emulator_request_by_request() {
         serde_json::json!({"kind": "shared_key", "in_use": 1, "of": 1})
     );
     assert!(ours1["disk_cache"].is_null(), "no disk tier in this mount");
-    let ops: BTreeMap<String, u64> = ours1["operations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["op"].as_str().unwrap().to_string(),
-                o["calls"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let ops = fuse_calls(&ours1);
     for op in ["create", "write", "flush", "release", "open", "read"] {
         assert!(ops.get(op).is_some_and(|n| *n > 0), "{op}: {ops:?}");
     }

@@ -86,7 +86,7 @@ pub struct CopyInfo {
 }
 
 /// A committed blob version: immutable once created, shared by `Arc`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Committed {
     /// (block id, block); id "" for content written by Put Blob / Copy Blob.
     pub blocks: Vec<(String, Arc<Block>)>,
@@ -108,32 +108,19 @@ impl Committed {
     /// Last-Modified stay).
     pub fn with_tags(&self, tags: Vec<(String, String)>) -> Committed {
         Committed {
-            blocks: self.blocks.clone(),
-            size: self.size,
-            props: self.props.clone(),
-            metadata: self.metadata.clone(),
-            key_sha: self.key_sha.clone(),
-            etag: self.etag.clone(),
-            last_modified: self.last_modified,
-            created: self.created,
-            copy: self.copy.clone(),
             tags,
+            ..self.clone()
         }
     }
 
     /// Copy with new properties/metadata and a fresh ETag (same content).
     pub fn with_changes(&self, props: Props, metadata: Vec<(String, String)>) -> Committed {
         Committed {
-            blocks: self.blocks.clone(),
-            size: self.size,
             props,
             metadata,
-            key_sha: self.key_sha.clone(),
             etag: new_etag(),
             last_modified: Utc::now(),
-            created: self.created,
-            copy: self.copy.clone(),
-            tags: self.tags.clone(),
+            ..self.clone()
         }
     }
 }

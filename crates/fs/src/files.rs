@@ -169,11 +169,7 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> Option<FsResult<(Entry, u64)>> {
-        let path = match self.path_of(parent) {
-            Ok(p) => super::join(&p, name),
-            Err(e) => return Some(Err(e)),
-        };
-        if self.name_has_deferred_delete(&path) {
+        if self.name_has_deferred_delete(parent, name) {
             return None;
         }
         let (node, attr) = match self.create_node(parent, name, mode, uid, gid) {

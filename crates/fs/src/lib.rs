@@ -910,14 +910,22 @@ impl Fs {
         self.deferred_deletes.lock().unwrap().contains_key(&ino)
     }
 
-    /// Is a blob named `path` waiting for the last descriptor of an
-    /// unlinked file? A create of that name must delete it first.
-    fn name_has_deferred_delete(&self, path: &str) -> bool {
+    /// Is a blob of the name `name` in `parent` waiting for the last
+    /// descriptor of an unlinked file? A create of that name must delete it
+    /// first. Usually none waits: then no path is built.
+    fn name_has_deferred_delete(&self, parent: u64, name: &str) -> bool {
+        if self.deferred_deletes.lock().unwrap().is_empty() {
+            return false;
+        }
+        let Some(dir) = self.inodes.path(parent) else {
+            return false;
+        };
+        let path = join(&dir, name);
         self.deferred_deletes
             .lock()
             .unwrap()
             .values()
-            .any(|(n, _)| n == path)
+            .any(|(n, _)| *n == path)
     }
 
     /// A descriptor of `ino` was released: if it was the last one of a file

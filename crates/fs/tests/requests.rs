@@ -20,17 +20,7 @@ async fn stat_after_listing_makes_no_requests() {
         }
     }
     let fs = mount(&client);
-    let fh = fs.opendir(1).unwrap();
-    let mut listed = vec![];
-    let mut offset = 0;
-    loop {
-        let batch = fs.readdir(1, fh, offset).await.unwrap();
-        let Some(last) = batch.last() else { break };
-        offset = last.next_offset;
-        listed.extend(batch.into_iter().map(|e| e.name));
-    }
-    fs.releasedir(fh);
-    listed.retain(|n| n != "." && n != "..");
+    let listed: Vec<String> = list_dir(&fs, 1).await.into_iter().map(|e| e.name).collect();
     assert_eq!(listed, names);
 
     stats.reset().await;

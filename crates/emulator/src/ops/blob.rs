@@ -122,7 +122,7 @@ pub(super) fn delete_blob(shared: &Shared, req: Req) -> R {
 }
 
 /// Replace the committed version of a blob by `f(current)` under the lock.
-fn update_committed(
+pub(super) fn update_committed(
     shared: &Shared,
     req: &Req,
     f: impl FnOnce(&Committed) -> Result<Committed, ApiError>,

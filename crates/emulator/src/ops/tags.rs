@@ -5,8 +5,6 @@
 //! and a commit without `x-ms-tags` leaves the new version without tags
 //! [inferred: a commit replaces the blob].
 
-use std::sync::Arc;
-
 use hyper::Response;
 
 use crate::error::{xml_escape, ApiError};
@@ -15,7 +13,7 @@ use crate::shared::Shared;
 use crate::store::Committed;
 
 use super::response::R;
-use super::stored::{committed_of, container_mut, persist_blob};
+use super::stored::committed_of;
 
 pub type Tags = Vec<(String, String)>;
 
@@ -125,8 +123,10 @@ fn from_body(body: &[u8]) -> Result<Tags, ApiError> {
     Ok(tags)
 }
 
-fn body_of(tags: &Tags) -> String {
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><Tags><TagSet>");
+/// The `<Tags>` element: the body of Get Blob Tags and one blob's tags in
+/// a listing.
+fn push_tags(x: &mut String, tags: &Tags) {
+    x.push_str("<Tags><TagSet>");
     for (k, v) in tags {
         x.push_str(&format!(
             "<Tag><Key>{}</Key><Value>{}</Value></Tag>",
@@ -135,6 +135,11 @@ fn body_of(tags: &Tags) -> String {
         ));
     }
     x.push_str("</TagSet></Tags>");
+}
+
+fn body_of(tags: &Tags) -> String {
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?>");
+    push_tags(&mut x, tags);
     x
 }
 
@@ -142,23 +147,14 @@ fn body_of(tags: &Tags) -> String {
 /// has none).
 pub(crate) fn push_listed(x: &mut String, b: &Committed) {
     if !b.tags.is_empty() {
-        x.push_str(&body_of(&b.tags)["<?xml version=\"1.0\" encoding=\"utf-8\"?>".len()..]);
+        push_tags(x, &b.tags);
     }
 }
 
 /// Set Blob Tags: replace the current version's tags; ETag unchanged.
 pub(super) fn set_blob_tags(shared: &Shared, req: Req) -> R {
     let tags = from_body(&req.body)?;
-    let mut st = shared.state.lock().unwrap();
-    let cont = container_mut(&mut st, &req)?;
-    let entry = cont
-        .blobs
-        .get_mut(&req.blob)
-        .filter(|e| e.committed.is_some())
-        .ok_or_else(ApiError::blob_not_found)?;
-    let cur = entry.committed.clone().expect("checked");
-    entry.committed = Some(Arc::new(cur.with_tags(tags)));
-    persist_blob(shared, &req, Some(entry))?;
+    super::blob::update_committed(shared, &req, |cur| Ok(cur.with_tags(tags)))?;
     Ok(Response::builder()
         .status(204)
         .header("content-length", "0")
