@@ -5,6 +5,9 @@
 //! Measures: ranged GET of a 1 GiB blob as 8 MiB ranges, Put Block of 1 GiB
 //! in 8 MiB blocks (concurrency 1, 4, 8), and HEAD round trips per second on
 //! a small blob (concurrency 1 and 8). Prints a markdown table.
+//! `--random N` adds N random 4 KiB ranged GETs of the 1 GiB blob per unit
+//! of concurrency (1 and 8), with latency percentiles: the raw side of
+//! `scripts/bench-mount fio`.
 
 use bytes::Bytes;
 use cpkfs::blob::*;
@@ -21,6 +24,7 @@ struct Args {
     size_mib: u64,
     block_mib: u64,
     heads: u64,
+    random: u64,
 }
 
 fn args() -> Args {
@@ -29,6 +33,7 @@ fn args() -> Args {
         size_mib: 1024,
         block_mib: 8,
         heads: 2000,
+        random: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -38,8 +43,9 @@ fn args() -> Args {
             "--size-mib" => a.size_mib = v.parse().unwrap(),
             "--block-mib" => a.block_mib = v.parse().unwrap(),
             "--heads" => a.heads = v.parse().unwrap(),
+            "--random" => a.random = v.parse().unwrap(),
             _ => {
-                panic!("unknown option {k} (--emulator PATH --size-mib N --block-mib N --heads N)")
+                panic!("unknown option {k} (--emulator PATH --size-mib N --block-mib N --heads N --random N)")
             }
         }
     }
@@ -165,6 +171,15 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{}", rows.last().unwrap());
     }
 
+    // Random 4 KiB ranged GETs of the big blob: what fio's random reads
+    // through the mount cost at the wire.
+    if a.random > 0 {
+        for conc in [1usize, 8] {
+            rows.push(random_reads(&c, &big, &key, size, a.random * conc as u64, conc).await?);
+            eprintln!("{}", rows.last().unwrap());
+        }
+    }
+
     // Tiny round trips: HEAD of a small CPK blob.
     c.put_blob(
         "small",
@@ -207,4 +222,54 @@ async fn main() -> anyhow::Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
+}
+
+/// `n` ranged GETs of 4 KiB at random 4 KiB-aligned offsets of `name`
+/// (`size` bytes), `conc` at a time: a table row with IOPS and the latency
+/// percentiles of single requests.
+async fn random_reads(
+    c: &BlobClient,
+    name: &str,
+    key: &CustomerKey,
+    size: u64,
+    n: u64,
+    conc: usize,
+) -> anyhow::Result<String> {
+    const BS: u64 = 4096;
+    let pages = size / BS;
+    let offsets: Vec<u64> = (0..n)
+        .map(|_| rand::Rng::gen_range(&mut rand::thread_rng(), 0..pages) * BS)
+        .collect();
+    let t = Instant::now();
+    let results: Vec<Result<Duration, BlobError>> = stream::iter(offsets)
+        .map(|off| {
+            let (c, name, key) = (c.clone(), name.to_string(), key.clone());
+            async move {
+                let s = Instant::now();
+                let (b, _) = c
+                    .read_range(
+                        &name,
+                        ByteRange::new(off, off + BS),
+                        Some(&key),
+                        &Conditions::default(),
+                    )
+                    .await?;
+                assert_eq!(b.len() as u64, BS);
+                Ok(s.elapsed())
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+    let d = t.elapsed();
+    let mut lat = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    lat.sort();
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    Ok(format!(
+        "| random 4 KiB GET, {n} requests | {conc} | {:.0} IOPS | p50 {:.2} ms, p99 {:.2} ms |",
+        n as f64 / d.as_secs_f64(),
+        pct(0.50),
+        pct(0.99)
+    ))
 }
