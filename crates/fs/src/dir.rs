@@ -24,6 +24,8 @@ pub struct DirHandle {
     /// Ordinal the next produced entry gets.
     pub produced: u64,
     pub marker: Option<String>,
+    /// List Blobs pages fetched so far.
+    pub pages: u32,
     pub listing_done: bool,
     /// Everything (including local-only entries) emitted.
     pub finished: bool,
@@ -39,6 +41,7 @@ impl DirHandle {
             base: 0,
             produced: 0,
             marker: None,
+            pages: 0,
             listing_done: false,
             finished: false,
             seen: HashSet::new(),

@@ -58,11 +58,35 @@ struct Tables {
     children: HashMap<(u64, String), u64>,
     /// Names known not to exist, until the instant.
     negative: HashMap<(u64, String), Instant>,
-    /// Directories whose full listing is cached until the instant, and
-    /// whether that listing was one page (such a directory is listed again
-    /// when it expires rather than asked about name by name).
-    listed: HashMap<u64, (Instant, bool)>,
+    /// Directories whose last complete listing is known: until when it is
+    /// trusted, and what listing it again would cost against asking about
+    /// names one by one ([`InodeTable::relist_is_due`]).
+    listed: HashMap<u64, Listed>,
 }
+
+/// The last complete listing of a directory.
+#[derive(Clone, Copy)]
+struct Listed {
+    until: Instant,
+    /// List Blobs pages it took.
+    pages: u32,
+    /// Names asked about one by one in this directory since (each one
+    /// request).
+    lookups: u32,
+}
+
+/// A directory whose listing expired is listed again once the names asked
+/// about one by one since its last listing reach this many per page of that
+/// listing. A page (up to 5,000 entries with metadata) costs the service
+/// and the link more than a lookup of one name, so a directory of one page
+/// is listed again at the first lookup (the lookup costs one request either
+/// way), and a big one only when its names are being walked: `find` or `ls
+/// -l` of 100,000 files whose listing outlasted `attr_ttl` then costs 20
+/// pages each TTL instead of a request per name, and a program that stats a
+/// few names of a big directory never lists it whole. (Renting until the
+/// rent paid equals the price of buying: at most about twice the cheaper
+/// of the two.)
+pub const RELIST_AFTER_LOOKUPS_PER_PAGE: u32 = 16;
 
 pub struct InodeTable {
     t: Mutex<Tables>,
@@ -240,7 +264,7 @@ impl InodeTable {
         let t = self.t.lock().unwrap();
         let now = Instant::now();
         let neg = t.negative.get(&(parent, name.to_string())).copied();
-        let listed = t.listed.get(&parent).map(|(u, _)| *u);
+        let listed = t.listed.get(&parent).map(|l| l.until);
         neg.into_iter().chain(listed).filter(|u| *u > now).max()
     }
 
@@ -252,10 +276,15 @@ impl InodeTable {
             .remove(&(parent, name.to_string()));
     }
 
-    /// A complete listing of `dir` was just seen: names not in it are absent.
-    /// `one_page`: it fit in one List Blobs page.
-    pub fn mark_listed(&self, dir: u64, until: Instant, one_page: bool) {
-        self.t.lock().unwrap().listed.insert(dir, (until, one_page));
+    /// A complete listing of `dir`, of `pages` List Blobs pages, was just
+    /// seen: names not in it are absent.
+    pub fn mark_listed(&self, dir: u64, until: Instant, pages: u32) {
+        let l = Listed {
+            until,
+            pages: pages.max(1),
+            lookups: 0,
+        };
+        self.t.lock().unwrap().listed.insert(dir, l);
     }
 
     pub fn is_listed(&self, dir: u64) -> bool {
@@ -264,18 +293,24 @@ impl InodeTable {
             .unwrap()
             .listed
             .get(&dir)
-            .is_some_and(|(u, _)| *u > Instant::now())
+            .is_some_and(|l| l.until > Instant::now())
     }
 
-    /// The last complete listing of `dir` (fresh or not) fit in one page:
-    /// listing it again costs one request.
-    pub fn listed_in_one_page(&self, dir: u64) -> bool {
-        self.t
-            .lock()
-            .unwrap()
-            .listed
-            .get(&dir)
-            .is_some_and(|(_, one)| *one)
+    /// Whether a name of `dir` the mount cannot answer should be learnt by
+    /// listing `dir` again rather than by a lookup of its own: its last
+    /// complete listing (fresh or not) fit in one page, or enough names were
+    /// asked about one by one since ([`RELIST_AFTER_LOOKUPS_PER_PAGE`]).
+    pub fn relist_is_due(&self, dir: u64) -> bool {
+        self.t.lock().unwrap().listed.get(&dir).is_some_and(|l| {
+            l.pages == 1 || l.lookups >= RELIST_AFTER_LOOKUPS_PER_PAGE.saturating_mul(l.pages)
+        })
+    }
+
+    /// A name of `dir` was asked about on its own (one request).
+    pub fn count_lookup(&self, dir: u64) {
+        if let Some(l) = self.t.lock().unwrap().listed.get_mut(&dir) {
+            l.lookups = l.lookups.saturating_add(1);
+        }
     }
 
     pub fn invalidate_listing(&self, dir: u64) {

@@ -60,6 +60,9 @@ pub struct FsConfig {
     /// no keyed HEAD per entry. Opt-in: anyone who can list sees them
     /// (docs/SEMANTICS.md).
     pub attrs_in_tags: bool,
+    /// Entries per List Blobs page (the service's maximum, 5,000, unless
+    /// a test wants many pages of few entries).
+    pub list_page_size: u32,
 }
 
 impl Default for FsConfig {
@@ -78,6 +81,7 @@ impl Default for FsConfig {
             keyring: KeyRing::default(),
             overwrite_conflicts: false,
             attrs_in_tags: false,
+            list_page_size: 5000,
         }
     }
 }
@@ -541,6 +545,7 @@ impl Fs {
         }
         let dir_path = self.path_of(parent)?;
         let path = join(&dir_path, name);
+        self.inodes.count_lookup(parent);
         self.lookup_remote(parent, name, &path).await
     }
 
@@ -679,7 +684,16 @@ impl Fs {
         let node = self.node(ino)?;
         let s = node.snapshot();
         let path = self.path_of(ino)?;
-        match self.lookup_remote(s.parent, &s.name, &path).await {
+        // Expired: learnt again as a lookup of its name would be (with its
+        // directory's listing when that is due).
+        let answer = match self.lookup_by_relisting(s.parent, &s.name).await? {
+            Some(answer) => answer,
+            None => {
+                self.inodes.count_lookup(s.parent);
+                self.lookup_remote(s.parent, &s.name, &path).await
+            }
+        };
+        match answer {
             Ok(e) if e.ino == ino => Ok(e),
             Ok(_) => Err(FsError::Stale(format!(
                 "{path}: replaced by an object of another kind"
@@ -772,12 +786,13 @@ impl Fs {
             prefix: (!h.prefix.is_empty()).then(|| h.prefix.clone()),
             delimiter: Some("/".into()),
             marker: h.marker.clone(),
-            max_results: Some(5000),
+            max_results: Some(self.cfg.list_page_size),
             include_metadata: true,
             include_tags: self.cfg.attrs_in_tags,
             ..Default::default()
         };
         let mut page = self.client.list_blobs(&opts).await?;
+        h.pages += 1;
         self.reveal_cpk_metadata(&mut page.blobs, true).await;
         let entries = self.page_entries(ino, h.prefix.len(), &page);
         for (n, st) in entries {
@@ -793,8 +808,7 @@ impl Fs {
             Some(m) => h.marker = Some(m),
             None => {
                 h.listing_done = true;
-                let one_page = h.marker.is_none();
-                self.inodes.mark_listed(ino, self.expiry(), one_page);
+                self.inodes.mark_listed(ino, self.expiry(), h.pages);
             }
         }
         Ok(())

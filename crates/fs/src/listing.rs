@@ -67,8 +67,10 @@ impl Fs {
     }
 
     /// A lookup the mount cannot answer in a directory whose last complete
-    /// listing expired and fit in one page: list the directory again (one
-    /// request, usually) and answer from that. None: not such a directory,
+    /// listing expired, when listing it again is due
+    /// ([`InodeTable::relist_is_due`](super::inode::InodeTable::relist_is_due):
+    /// it fit in one page, or enough of its names were asked about one by
+    /// one since): list the directory again and answer from that. None: not such a directory,
     /// or the listing leaves this name to a lookup of its own (a name that
     /// vanished from it, or a CPK blob whose metadata needs a keyed HEAD).
     pub(crate) async fn lookup_by_relisting(
@@ -76,7 +78,7 @@ impl Fs {
         parent: u64,
         name: &str,
     ) -> FsResult<Option<FsResult<Entry>>> {
-        if !self.inodes.listed_in_one_page(parent) {
+        if !self.inodes.relist_is_due(parent) {
             return Ok(None);
         }
         self.relist(parent).await?;
@@ -163,7 +165,7 @@ impl Fs {
                     prefix: (!prefix.is_empty()).then(|| prefix.clone()),
                     delimiter: Some("/".into()),
                     marker: marker.take(),
-                    max_results: Some(5000),
+                    max_results: Some(self.cfg.list_page_size),
                     include_metadata: true,
                     include_tags: self.cfg.attrs_in_tags,
                     ..Default::default()
@@ -179,7 +181,7 @@ impl Fs {
                 None => break,
             }
         }
-        self.inodes.mark_listed(dir, until, pages == 1);
+        self.inodes.mark_listed(dir, until, pages);
         Ok(())
     }
 }

@@ -98,7 +98,7 @@ impl Fs {
         let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
         let e = self.store_keyless_node(parent, name, &path, attr).await?;
         if let Some(until) = empty_until {
-            self.inodes.mark_listed(e.ino, until, true);
+            self.inodes.mark_listed(e.ino, until, 1);
         }
         Ok(e)
     }
@@ -742,7 +742,7 @@ impl Fs {
         }
         let mut pager = self.client.list_pager(ListOptions {
             prefix: Some(format!("{src}/")),
-            max_results: Some(5000),
+            max_results: Some(self.cfg.list_page_size),
             ..Default::default()
         });
         let mut failures = 0usize;

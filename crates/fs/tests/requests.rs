@@ -379,6 +379,50 @@ async fn an_expired_listing_is_renewed_with_one_request() {
     );
 }
 
+/// A big directory whose listing expired, as when `find` or `ls -l` of
+/// 100,000 CPK files takes longer than `attr_ttl`: stat of every entry asks
+/// about names one by one only until that has cost
+/// `RELIST_AFTER_LOOKUPS_PER_PAGE` requests per page of its listing, then
+/// lists the directory again (no keyed HEAD: the metadata is remembered by
+/// name and ETag) and answers the rest from memory. Before, every entry
+/// cost a request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_in_a_big_directory_whose_listing_expired_list_it_again() {
+    const FILES: u64 = 1000;
+    const PAGE: u32 = 50;
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    {
+        let fs = mount(&client);
+        for i in 0..FILES {
+            put_file(&fs, &format!("f{i:04}"), &pattern(i as usize % 7, 1)).await;
+        }
+    }
+    let ttl = std::time::Duration::from_secs(1);
+    let fs = mount_with_pages(&client, ttl, PAGE);
+    let entries = list_dir(&fs, 1).await;
+    assert_eq!(entries.len() as u64, FILES);
+    // Wait for the listing to expire (a wait, not a measurement).
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(200)).await;
+
+    stats.reset().await;
+    for e in &entries {
+        let i: u64 = e.name[1..].parse().unwrap();
+        assert_eq!(
+            fs.getattr(e.ino).await.unwrap().attr.size,
+            i % 7,
+            "{}",
+            e.name
+        );
+    }
+    let pages = FILES / PAGE as u64;
+    let one_by_one = cpkfs_fs::inode::RELIST_AFTER_LOOKUPS_PER_PAGE as u64 * pages;
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("ListBlobs", one_by_one + pages)]), "{s}");
+    assert!(one_by_one + pages < FILES / 2);
+}
+
 /// The synchronous answers the FUSE adapter gives without a task
 /// (`*_cached`, `*_now`): each either answers from memory with 0 requests,
 /// or says it cannot (`None`) exactly where a request or a wait is due — a

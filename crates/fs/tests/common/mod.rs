@@ -133,6 +133,20 @@ pub fn mount_with_ttl(client: &BlobClient, ttl: Duration) -> Arc<Fs> {
     )
 }
 
+/// Like [`mount_with_ttl`], listing `page` entries per List Blobs page.
+pub fn mount_with_pages(client: &BlobClient, ttl: Duration, page: u32) -> Arc<Fs> {
+    Fs::new(
+        client.clone(),
+        FsConfig {
+            block_size: BLOCK,
+            attr_ttl: ttl,
+            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
+            list_page_size: page,
+            ..FsConfig::default()
+        },
+    )
+}
+
 /// Like [`mount`], keeping CPK files' attributes in blob index tags too
 /// (`attrs_in_tags`) or not.
 pub fn mount_attrs_in_tags(client: &BlobClient, on: bool) -> Arc<Fs> {
