@@ -6,11 +6,19 @@
 //! are counted for `cpkfs stats`: a miss is a block fetched from below the
 //! cache (read-ahead included), a hit a block served without a new fetch
 //! (joining a fetch already under way counts as a hit).
+//!
+//! A block being fetched counts against the capacity from the moment its
+//! fetch starts (its buffer fills as the body arrives): the cache makes room
+//! for it first, so the blocks held plus the blocks on their way stay within
+//! the bound. Otherwise read-ahead (64 MiB in flight per mount) came on top
+//! of it, and reading a 20 GiB file from a slow backend peaked at cache +
+//! 99 MiB.
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use lru::LruCache;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::disk_cache::{DiskCache, DiskCacheStats};
@@ -38,6 +46,9 @@ struct Inner {
 
 pub struct BlockCache {
     inner: Mutex<Inner>,
+    /// Bytes of the fetches under way (their expected lengths), released
+    /// by each fetch as it ends.
+    reserved: Arc<AtomicUsize>,
     capacity: usize,
     counters: TierCounters,
     disk: Option<Arc<DiskCache>>,
@@ -62,6 +73,7 @@ impl BlockCache {
                 bytes: 0,
                 inflight: HashMap::new(),
             }),
+            reserved: Arc::new(AtomicUsize::new(0)),
             capacity: capacity_bytes,
             counters: TierCounters::default(),
             disk,
@@ -127,17 +139,28 @@ impl BlockCache {
                 g.bytes -= old.len();
             }
             g.bytes += len;
-            while g.bytes > self.capacity {
-                match g.lru.pop_lru() {
-                    Some(kv) => {
-                        g.bytes -= kv.1.len();
-                        evicted.push(kv);
-                    }
-                    None => break,
+            self.evict_to_fit(&mut g, &mut evicted);
+        }
+        self.spill(evicted);
+    }
+
+    /// Evict least recently used blocks until the blocks held and the
+    /// fetches under way fit in the capacity.
+    fn evict_to_fit(&self, g: &mut Inner, evicted: &mut Vec<(BlockKey, Bytes)>) {
+        while g.bytes + self.reserved.load(Ordering::Relaxed) > self.capacity {
+            match g.lru.pop_lru() {
+                Some(kv) => {
+                    g.bytes -= kv.1.len();
+                    evicted.push(kv);
                 }
+                None => break,
             }
         }
-        // Outside the lock: spilling only queues the write.
+    }
+
+    /// Blocks evicted from memory go to the disk tier, if any (outside the
+    /// lock: spilling only queues the write).
+    fn spill(&self, evicted: Vec<(BlockKey, Bytes)>) {
         if let Some(d) = &self.disk {
             for (k, v) in evicted {
                 d.spill(k, v);
@@ -161,11 +184,13 @@ impl BlockCache {
         }
     }
 
-    /// Return the cached block, or join/start its fetch.
-    pub async fn get_or_fetch<F>(&self, key: BlockKey, fetch: F) -> FetchResult
+    /// Return the cached block, or join/start its fetch, which is expected
+    /// to bring `len` bytes (room is made for them first).
+    pub async fn get_or_fetch<F>(&self, key: BlockKey, len: usize, fetch: F) -> FetchResult
     where
         F: FnOnce() -> BoxFuture<'static, FetchResult>,
     {
+        let mut evicted = Vec::new();
         let fut = {
             let mut g = self.inner.lock().unwrap();
             if let Some(b) = g.lru.get(&key) {
@@ -179,6 +204,13 @@ impl BlockCache {
                 }
                 None => {
                     self.counters.miss();
+                    // Reserved until the fetch ends, however it ends (the
+                    // future runs to its end once started: its callers are
+                    // spawned tasks).
+                    let len = len.min(self.capacity);
+                    self.reserved.fetch_add(len, Ordering::Relaxed);
+                    self.evict_to_fit(&mut g, &mut evicted);
+                    let reserved = self.reserved.clone();
                     let net = fetch();
                     let f = match self.disk.clone() {
                         // The disk tier first; the network only if it
@@ -195,12 +227,18 @@ impl BlockCache {
                         }
                         None => net,
                     }
+                    .map(move |r| {
+                        reserved.fetch_sub(len, Ordering::Relaxed);
+                        r
+                    })
+                    .boxed()
                     .shared();
                     g.inflight.insert(key.clone(), f.clone());
                     f
                 }
             }
         };
+        self.spill(evicted);
         let res = fut.await;
         {
             let mut g = self.inner.lock().unwrap();
@@ -270,7 +308,7 @@ mod tests {
             let c = c.clone();
             let calls = calls.clone();
             tasks.push(tokio::spawn(async move {
-                c.get_or_fetch(key(7), move || {
+                c.get_or_fetch(key(7), 5, move || {
                     async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -292,5 +330,57 @@ mod tests {
         assert!(c.lookup(&key(8)).is_none());
         assert_eq!(c.counters().hits.load(Ordering::Relaxed), 8);
         assert_eq!(c.counters().misses.load(Ordering::Relaxed), 2);
+    }
+
+    /// A fetch under way counts against the capacity: starting it evicts
+    /// the least recently used blocks to make room, and what the cache
+    /// holds plus what is on its way never exceeds the capacity. The
+    /// reservation ends with the fetch, failed ones too.
+    #[tokio::test]
+    async fn a_fetch_under_way_counts_against_the_capacity() {
+        let c = Arc::new(BlockCache::new(300));
+        for i in 0..3 {
+            c.insert(key(i), Bytes::from(vec![0u8; 100]));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let fetching = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.get_or_fetch(key(9), 100, move || {
+                    async move {
+                        rx.await.unwrap();
+                        Ok(Bytes::from(vec![1u8; 100]))
+                    }
+                    .boxed()
+                })
+                .await
+            })
+        };
+        // Until the fetch has started (a wait, not a measurement).
+        while c.reserved.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(c.get(&key(0)).is_none(), "room was made for the fetch");
+        assert_eq!(c.stats().bytes, 200);
+        // Nothing inserted meanwhile pushes past the bound.
+        c.insert(key(5), Bytes::from(vec![0u8; 100]));
+        assert_eq!(c.stats().bytes + c.reserved.load(Ordering::Relaxed), 300);
+        tx.send(()).unwrap();
+        assert_eq!(fetching.await.unwrap().unwrap().len(), 100);
+        assert_eq!(c.reserved.load(Ordering::Relaxed), 0);
+        assert_eq!(c.stats().bytes, 300);
+        assert!(c.get(&key(9)).is_some());
+
+        let failed = c
+            .get_or_fetch(key(10), 100, || {
+                async { Err(Arc::new(crate::error::FsError::NotFound)) }.boxed()
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(
+            c.reserved.load(Ordering::Relaxed),
+            0,
+            "a failed fetch releases its room"
+        );
     }
 }

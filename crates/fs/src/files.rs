@@ -408,6 +408,12 @@ impl Fs {
         }
     }
 
+    /// The length of block `index` of a file of `fsize` bytes.
+    fn block_len(&self, fsize: u64, index: u64) -> usize {
+        let b = self.cfg.block_size;
+        (fsize.saturating_sub(index * b)).min(b) as usize
+    }
+
     fn fetch_block(
         &self,
         path: &str,
@@ -503,7 +509,8 @@ impl Fs {
         // hit or miss once.
         if self.cache.on_disk(&key) || self.cache.disk().is_some_and(|d| d.is_enabled()) {
             let fetch = self.fetch_block(path, etag, fsize, first, cpk.clone());
-            let block = fetched(self.cache.get_or_fetch(key, move || fetch).await)?;
+            let len = self.block_len(fsize, first);
+            let block = fetched(self.cache.get_or_fetch(key, len, move || fetch).await)?;
             return Ok(block.slice(s..s + (end - offset) as usize));
         }
         if let Some(block) = self.cache.lookup(&key) {
@@ -550,8 +557,9 @@ impl Fs {
                 };
                 let cache = self.cache.clone();
                 let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
+                let len = self.block_len(fsize, i);
                 tokio::spawn(async move {
-                    let _ = cache.get_or_fetch(key, move || fetch).await;
+                    let _ = cache.get_or_fetch(key, len, move || fetch).await;
                     drop(permit);
                 });
             }
@@ -574,7 +582,8 @@ impl Fs {
         for i in first..=last {
             let key = self.block_key(path, etag, i, cpk.as_deref());
             let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
-            let block = fetched(self.cache.get_or_fetch(key, move || fetch).await)?;
+            let len = self.block_len(fsize, i);
+            let block = fetched(self.cache.get_or_fetch(key, len, move || fetch).await)?;
             let bs = i * b;
             let s = offset.max(bs) - bs;
             let e = end.min(bs + block.len() as u64) - bs;
