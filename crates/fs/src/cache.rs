@@ -168,6 +168,12 @@ impl BlockCache {
         }
     }
 
+    /// Make `key` the first block to be evicted (a sequential reader is
+    /// done with it).
+    pub fn demote(&self, key: &BlockKey) {
+        self.inner.lock().unwrap().lru.demote(key);
+    }
+
     /// Drop every block of `name` (after a local write made them stale).
     pub fn invalidate(&self, name: &str) {
         let mut g = self.inner.lock().unwrap();
@@ -245,7 +251,9 @@ impl BlockCache {
             g.inflight.remove(&key);
         }
         if let Ok(b) = &res {
-            if self.get(&key).is_none() {
+            // (`contains`, not `get`: whoever inserts second must not make
+            // the block recent again — its reader may have demoted it.)
+            if !self.inner.lock().unwrap().lru.contains(&key) {
                 if let Some(d) = &self.disk {
                     d.wait_for_room(b.len()).await;
                 }
@@ -297,6 +305,18 @@ mod tests {
         );
         c.invalidate("f");
         assert_eq!(c.stats(), CacheStats::default());
+    }
+
+    #[test]
+    fn a_demoted_block_is_evicted_first() {
+        let c = BlockCache::new(300);
+        for i in 0..3 {
+            c.insert(key(i), Bytes::from(vec![0u8; 100]));
+        }
+        c.demote(&key(2));
+        c.insert(key(3), Bytes::from(vec![0u8; 100]));
+        assert!(c.get(&key(2)).is_none(), "the demoted block went first");
+        assert!(c.get(&key(0)).is_some() && c.get(&key(1)).is_some());
     }
 
     #[tokio::test]

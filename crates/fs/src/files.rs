@@ -463,7 +463,8 @@ impl Fs {
             return self.read_random(path, etag, fsize, cpk, offset, end).await;
         }
         self.read_ahead(path, etag, fsize, &cpk, last, window);
-        self.read_blocks(path, etag, fsize, cpk, offset, end).await
+        self.read_blocks(path, etag, fsize, cpk, offset, end, window > 0)
+            .await
     }
 
     /// How many blocks to read ahead of a read of [offset, end) through
@@ -567,6 +568,12 @@ impl Fs {
     }
 
     /// [offset, end) from whole blocks, each from the cache or fetched into it.
+    /// A `sequential` reader is done with a block once it has read its last
+    /// byte: that block is evicted first (before blocks read ahead and not
+    /// read yet, and before other files' blocks), so a stream larger than the
+    /// cache neither pushes out what other readers still need nor costs
+    /// parallel readers the blocks fetched ahead for them.
+    #[allow(clippy::too_many_arguments)]
     async fn read_blocks(
         &self,
         path: &str,
@@ -575,6 +582,7 @@ impl Fs {
         cpk: Option<Arc<CustomerKey>>,
         offset: u64,
         end: u64,
+        sequential: bool,
     ) -> FsResult<Bytes> {
         let b = self.cfg.block_size;
         let (first, last) = (offset / b, (end - 1) / b);
@@ -583,10 +591,17 @@ impl Fs {
             let key = self.block_key(path, etag, i, cpk.as_deref());
             let fetch = self.fetch_block(path, etag, fsize, i, cpk.clone());
             let len = self.block_len(fsize, i);
-            let block = fetched(self.cache.get_or_fetch(key, len, move || fetch).await)?;
+            let block = fetched(
+                self.cache
+                    .get_or_fetch(key.clone(), len, move || fetch)
+                    .await,
+            )?;
             let bs = i * b;
             let s = offset.max(bs) - bs;
             let e = end.min(bs + block.len() as u64) - bs;
+            if sequential && e == block.len() as u64 {
+                self.cache.demote(&key);
+            }
             if first == last {
                 return Ok(block.slice(s as usize..e as usize));
             }

@@ -423,6 +423,47 @@ async fn stats_in_a_big_directory_whose_listing_expired_list_it_again() {
     assert!(one_by_one + pages < FILES / 2);
 }
 
+/// A sequential read larger than the block cache does not push out what
+/// others still need: each block it has read to the end is the first to go,
+/// so a small file read before it is still cached after it (a second read:
+/// 0 GetBlob), and the stream fetches each of its blocks once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_larger_than_the_cache_keeps_other_files_cached() {
+    let emu = emulator().await;
+    let stats = Stats::new(&emu);
+    let client = client(&emu).await;
+    let small = pattern(BLOCK as usize, 3);
+    let big = pattern(8 * BLOCK as usize, 4);
+    {
+        let fs = mount(&client);
+        put_file(&fs, "small", &small).await;
+        put_file(&fs, "big", &big).await;
+    }
+    let fs = mount_with_cache(&client, 4);
+    assert_eq!(read_all(&fs, "small").await, small);
+    // The stream, one block per read as a sequential reader asks for it.
+    let e = fs.lookup(1, "big").await.unwrap();
+    stats.reset().await;
+    let fh = fs.open(e.ino, false, false).await.unwrap();
+    let mut got = vec![];
+    for i in 0..8 {
+        let b = fs.read(e.ino, fh, i * BLOCK, BLOCK as u32).await.unwrap();
+        got.extend_from_slice(&b);
+    }
+    fs.release(e.ino, fh).await.unwrap();
+    assert_eq!(got, big);
+    let s = stats.requests().await;
+    assert_eq!(ops(&s), want(&[("GetBlob", 8)]), "{s}");
+
+    stats.reset().await;
+    assert_eq!(read_all(&fs, "small").await, small);
+    let s = stats.requests().await;
+    assert_eq!(
+        s["total_requests"], 0,
+        "the small file is still cached: {s}"
+    );
+}
+
 /// The synchronous answers the FUSE adapter gives without a task
 /// (`*_cached`, `*_now`): each either answers from memory with 0 requests,
 /// or says it cannot (`None`) exactly where a request or a wait is due — a

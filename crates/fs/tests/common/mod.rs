@@ -133,6 +133,20 @@ pub fn mount_with_ttl(client: &BlobClient, ttl: Duration) -> Arc<Fs> {
     )
 }
 
+/// Like [`mount`], with a block cache of `blocks` blocks.
+pub fn mount_with_cache(client: &BlobClient, blocks: u64) -> Arc<Fs> {
+    Fs::new(
+        client.clone(),
+        FsConfig {
+            block_size: BLOCK,
+            cache_size: blocks * BLOCK,
+            attr_ttl: Duration::from_secs(600),
+            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
+            ..FsConfig::default()
+        },
+    )
+}
+
 /// Like [`mount_with_ttl`], listing `page` entries per List Blobs page.
 pub fn mount_with_pages(client: &BlobClient, ttl: Duration, page: u32) -> Arc<Fs> {
     Fs::new(
