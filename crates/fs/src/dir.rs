@@ -24,8 +24,9 @@ pub struct DirHandle {
     /// Ordinal the next produced entry gets.
     pub produced: u64,
     pub marker: Option<String>,
-    /// List Blobs pages fetched so far.
+    /// List Blobs pages fetched so far, and when the first was asked for.
     pub pages: u32,
+    pub started: Option<std::time::Instant>,
     pub listing_done: bool,
     /// Everything (including local-only entries) emitted.
     pub finished: bool,
@@ -42,6 +43,7 @@ impl DirHandle {
             produced: 0,
             marker: None,
             pages: 0,
+            started: None,
             listing_done: false,
             finished: false,
             seen: HashSet::new(),

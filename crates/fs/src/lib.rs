@@ -791,6 +791,7 @@ impl Fs {
             include_tags: self.cfg.attrs_in_tags,
             ..Default::default()
         };
+        h.started.get_or_insert_with(Instant::now);
         let mut page = self.client.list_blobs(&opts).await?;
         h.pages += 1;
         self.reveal_cpk_metadata(&mut page.blobs, true).await;
@@ -808,7 +809,8 @@ impl Fs {
             Some(m) => h.marker = Some(m),
             None => {
                 h.listing_done = true;
-                self.inodes.mark_listed(ino, self.expiry(), h.pages);
+                let took = h.started.map(|s| s.elapsed()).unwrap_or_default();
+                self.inodes.mark_listed(ino, self.expiry(), h.pages, took);
             }
         }
         Ok(())

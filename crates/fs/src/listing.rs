@@ -78,7 +78,7 @@ impl Fs {
         parent: u64,
         name: &str,
     ) -> FsResult<Option<FsResult<Entry>>> {
-        if !self.inodes.relist_is_due(parent) {
+        if !self.inodes.relist_is_due(parent, self.cfg.attr_ttl) {
             return Ok(None);
         }
         self.relist(parent).await?;
@@ -150,6 +150,7 @@ impl Fs {
             return Ok(());
         }
         let until = self.expiry();
+        let started = Instant::now();
         let path = self.path_of(dir)?;
         let prefix = if path.is_empty() {
             String::new()
@@ -181,7 +182,8 @@ impl Fs {
                 None => break,
             }
         }
-        self.inodes.mark_listed(dir, until, pages);
+        self.inodes
+            .mark_listed(dir, until, pages, started.elapsed());
         Ok(())
     }
 }

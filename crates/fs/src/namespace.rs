@@ -98,7 +98,8 @@ impl Fs {
         let attr = Attr::new(Kind::Dir, (mode & 0o7777) as u16, uid, gid);
         let e = self.store_keyless_node(parent, name, &path, attr).await?;
         if let Some(until) = empty_until {
-            self.inodes.mark_listed(e.ino, until, 1);
+            self.inodes
+                .mark_listed(e.ino, until, 1, std::time::Duration::ZERO);
         }
         Ok(e)
     }
