@@ -85,18 +85,11 @@ fn want(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
 
 /// Every name in directory `ino`, paging through readdir as the kernel does.
 async fn list_names(fs: &cpkfs_fs::Fs, ino: u64) -> Vec<String> {
-    let fh = fs.opendir(ino).unwrap();
-    let mut names = vec![];
-    let mut offset = 0;
-    loop {
-        let batch = fs.readdir(ino, fh, offset).await.unwrap();
-        let Some(last) = batch.last() else { break };
-        offset = last.next_offset;
-        names.extend(batch.into_iter().map(|e| e.name));
-    }
-    fs.releasedir(fh);
-    names.retain(|n| n != "." && n != "..");
-    names
+    list_dir(fs, ino)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
 }
 
 /// `touch` as the kernel drives it: LOOKUP of the new name (a miss), CREATE,

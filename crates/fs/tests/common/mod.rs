@@ -39,19 +39,22 @@ pub async fn client(emu: &EmulatorHandle) -> BlobClient {
     client
 }
 
+/// The configuration every test mount starts from: test-sized blocks, a
+/// customer-provided key, attributes and listings trusted for 10 minutes.
+fn config() -> FsConfig {
+    FsConfig {
+        block_size: BLOCK,
+        attr_ttl: Duration::from_secs(600),
+        keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
+        ..FsConfig::default()
+    }
+}
+
 /// A new mount of `client`'s container with a customer-provided key:
 /// nothing cached. Attributes and listings are trusted for 10 minutes, so a
 /// test sees the mount's own view.
 pub fn mount(client: &BlobClient) -> Arc<Fs> {
-    Fs::new(
-        client.clone(),
-        FsConfig {
-            block_size: BLOCK,
-            attr_ttl: Duration::from_secs(600),
-            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
-            ..FsConfig::default()
-        },
-    )
+    Fs::new(client.clone(), config())
 }
 
 /// The emulator's request counters (`GET /__admin/stats`), and a reset.
@@ -125,10 +128,8 @@ pub fn mount_with_ttl(client: &BlobClient, ttl: Duration) -> Arc<Fs> {
     Fs::new(
         client.clone(),
         FsConfig {
-            block_size: BLOCK,
             attr_ttl: ttl,
-            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
-            ..FsConfig::default()
+            ..config()
         },
     )
 }
@@ -138,11 +139,8 @@ pub fn mount_with_cache(client: &BlobClient, blocks: u64) -> Arc<Fs> {
     Fs::new(
         client.clone(),
         FsConfig {
-            block_size: BLOCK,
             cache_size: blocks * BLOCK,
-            attr_ttl: Duration::from_secs(600),
-            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
-            ..FsConfig::default()
+            ..config()
         },
     )
 }
@@ -152,11 +150,9 @@ pub fn mount_with_pages(client: &BlobClient, ttl: Duration, page: u32) -> Arc<Fs
     Fs::new(
         client.clone(),
         FsConfig {
-            block_size: BLOCK,
             attr_ttl: ttl,
-            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
             list_page_size: page,
-            ..FsConfig::default()
+            ..config()
         },
     )
 }
@@ -167,11 +163,8 @@ pub fn mount_attrs_in_tags(client: &BlobClient, on: bool) -> Arc<Fs> {
     Fs::new(
         client.clone(),
         FsConfig {
-            block_size: BLOCK,
-            attr_ttl: Duration::from_secs(600),
-            keyring: KeyRing::new(vec![Arc::new(CustomerKey::from_raw([9; 32]))]),
             attrs_in_tags: on,
-            ..FsConfig::default()
+            ..config()
         },
     )
 }
