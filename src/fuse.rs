@@ -71,7 +71,10 @@ impl FuseAdapter {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match work.await {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => {
+                    fs.remember(e.ino);
+                    reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0))
+                }
                 Err(e) => reply.error(errno(&fs, op, at, &e)),
             }
         });
@@ -203,7 +206,8 @@ impl Filesystem for FuseAdapter {
         let at = At::Entry(parent.0, name.clone());
         match self.fs.lookup_cached(parent.0, &name) {
             Some(Ok(e)) => {
-                return reply.entry(&self.ttl, &file_attr(e.ino, &e.attr), Generation(0))
+                self.fs.remember(e.ino);
+                return reply.entry(&self.ttl, &file_attr(e.ino, &e.attr), Generation(0));
             }
             Some(Err(e)) => return reply.error(errno(&self.fs, "lookup", at, &e)),
             None => {}
@@ -212,6 +216,12 @@ impl Filesystem for FuseAdapter {
         self.reply_entry("lookup", at, reply, async move {
             fs.lookup(parent.0, &name).await
         });
+    }
+
+    // BATCH_FORGET comes here too (fuser's default; its ForgetOne type is
+    // not public in 0.18).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -315,7 +325,10 @@ impl Filesystem for FuseAdapter {
             }
             .await;
             match res {
-                Ok(e) => reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0)),
+                Ok(e) => {
+                    fs.remember(e.ino);
+                    reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0))
+                }
                 Err(e) => reply.error(errno(&fs, "mknod", at, &e)),
             }
         });
@@ -654,14 +667,25 @@ impl Filesystem for FuseAdapter {
             match fs.readdir(ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     for e in entries {
-                        if reply.add(
+                        // The kernel takes a lookup of every entry but `.`
+                        // and `..`; counted before it can forget it.
+                        let counted = e.name != "." && e.name != "..";
+                        if counted {
+                            fs.remember(e.ino);
+                        }
+                        let full = reply.add(
                             INodeNo(e.ino),
                             e.next_offset,
                             &e.name,
                             &ttl,
                             &file_attr(e.ino, &e.attr),
                             Generation(0),
-                        ) {
+                        );
+                        if full {
+                            // Not sent: the next readdirplus brings it.
+                            if counted {
+                                fs.forget(e.ino, 1);
+                            }
                             break;
                         }
                     }
@@ -794,13 +818,16 @@ impl Filesystem for FuseAdapter {
                             res: Result<(crate::fs::Entry, u64), FsError>,
                             fs: &Fs,
                             at| match res {
-            Ok((e, fh)) => reply.created(
-                &ttl,
-                &file_attr(e.ino, &e.attr),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((e, fh)) => {
+                fs.remember(e.ino);
+                reply.created(
+                    &ttl,
+                    &file_attr(e.ino, &e.attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
             Err(e) => reply.error(errno(fs, "create", at, &e)),
         };
         if let Some(res) = fs.create_now(parent.0, &name, mode & !umask, uid, gid) {

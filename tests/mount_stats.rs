@@ -381,3 +381,51 @@ fn ls_l_sends_no_lookup_or_getxattr_per_entry() {
     assert!(calls("getxattr") <= 4, "getxattrs: {}", calls("getxattr"));
     assert!(calls("readdirplus") >= 1);
 }
+
+/// The mount's tables as `cpkfs stats --json` shows them.
+fn tables(m: &Mount) -> (u64, u64, u64) {
+    let t = &snapshot(m)["tables"];
+    let n = |k: &str| t[k].as_u64().unwrap();
+    (n("inodes"), n("negative_names"), n("cpk_metadata"))
+}
+
+/// A long-lived mount's memory follows what exists: a tree created, listed,
+/// renamed over and removed leaves no inodes and no CPK metadata behind
+/// once the kernel forgets them (FORGET), while files that still exist stay
+/// readable after the kernel drops its caches.
+#[test]
+fn files_created_and_removed_leave_no_inodes_behind() {
+    let m = Mount::new(MountOptions::default());
+    m.sh(
+        "mkdir $M/keep && for i in $(seq 20); do echo keep$i > $M/keep/$i; done",
+        60,
+    );
+    let (base, _, _) = tables(&m);
+    for round in 0..2 {
+        m.sh(
+            "mkdir $M/d && cd $M/d && seq 300 | xargs touch && ls -l >/dev/null \
+             && mv 1 2 && echo x > 3 && cd / && rm -r $M/d",
+            120,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let (inodes, negative, cpk) = loop {
+            let t = tables(&m);
+            // FORGETs are queued by the kernel: they may trail the rm.
+            if t.0 <= base || std::time::Instant::now() > deadline {
+                break t;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(
+            inodes <= base,
+            "round {round}: {inodes} inodes, {base} before the tree"
+        );
+        assert!(cpk <= 20, "round {round}: metadata of {cpk} CPK blobs");
+        assert!(negative <= 20, "round {round}: {negative} negative names");
+    }
+    m.sh("sync; echo 2 > /proc/sys/vm/drop_caches", 60);
+    let out = m.sh("cat $(seq -f \"$M/keep/%g\" 20) | sort | tr '\\n' ' '", 60);
+    let mut want: Vec<String> = (1..=20).map(|i| format!("keep{i}")).collect();
+    want.sort();
+    assert_eq!(out.trim(), want.join(" "));
+}

@@ -46,6 +46,9 @@ impl Fs {
             wrote: std::sync::atomic::AtomicBool::new(false),
             delivered: std::sync::atomic::AtomicBool::new(false),
         };
+        // A handle holds its inode: an unlinked file stays readable
+        // through it until its release, whatever the kernel forgets.
+        self.inodes.hold(ino);
         self.handles.lock().unwrap().insert(fh, Arc::new(h));
         fh
     }
@@ -800,10 +803,7 @@ impl Fs {
             Ok(r) => {
                 tracing::debug!(path, etag = %r.etag, size = ws.size(), "committed");
                 if self.key.is_some() {
-                    self.cpk_meta
-                        .lock()
-                        .unwrap()
-                        .put((path.to_string(), r.etag.clone()), metadata);
+                    self.cpk_meta.put(path, &r.etag, metadata);
                 }
                 let mut st = node.state.lock().unwrap();
                 st.etag = Some(r.etag.clone());
@@ -885,6 +885,7 @@ impl Fs {
             Ok(node) if writable => node,
             other => {
                 self.handles.lock().unwrap().remove(&fh);
+                self.inodes.release(ino, 1);
                 return Some(other.map(|_| ()));
             }
         };
@@ -899,6 +900,8 @@ impl Fs {
         if !self.has_other_writer(ino) {
             *w = None;
         }
+        drop(w);
+        self.inodes.release(ino, 1);
         Some(Ok(()))
     }
 
@@ -926,6 +929,7 @@ impl Fs {
                 // The last descriptor of a file unlinked while open: its
                 // blob goes now.
                 self.release_unlinked(ino).await;
+                self.inodes.release(ino, 1);
                 return other.map(|_| ());
             }
         };
@@ -952,6 +956,8 @@ impl Fs {
         }
         drop(w);
         self.release_unlinked(ino).await;
+        // Last: the commit above still needed the inode's path.
+        self.inodes.release(ino, 1);
         res
     }
 
@@ -1126,10 +1132,7 @@ impl Fs {
             self.client.set_blob_tags(path, &tags).await?;
         }
         if cpk.is_some() {
-            self.cpk_meta
-                .lock()
-                .unwrap()
-                .put((path.to_string(), r.etag.clone()), md);
+            self.cpk_meta.put(path, &r.etag, md);
         }
         let mut st = node.state.lock().unwrap();
         st.etag = Some(r.etag.clone());

@@ -55,9 +55,21 @@ impl Inode {
 #[derive(Default)]
 struct Tables {
     by_ino: HashMap<u64, Arc<Inode>>,
-    children: HashMap<(u64, String), u64>,
-    /// Names known not to exist, until the instant.
-    negative: HashMap<(u64, String), Instant>,
+    /// Names by directory.
+    children: HashMap<u64, HashMap<String, u64>>,
+    /// Names known not to exist, by directory, until the instant.
+    negative: HashMap<u64, HashMap<String, Instant>>,
+    /// Entries in `negative`, and the count at which expired ones are next
+    /// swept out (names unlinked here and never asked about again would
+    /// otherwise stay forever).
+    negatives: usize,
+    sweep_negatives_at: usize,
+    /// What keeps an inode without a name alive, by inode (absent: none):
+    /// the lookups the kernel was answered and has not forgotten, and the
+    /// open handles of this mount. An inode without a name and without
+    /// references is dropped; one with a name stays, as the attribute
+    /// cache of that name.
+    refs: HashMap<u64, u64>,
     /// Directories whose last complete listing is known: until when it is
     /// trusted, and what listing it again would cost against asking about
     /// names one by one ([`InodeTable::relist_is_due`]).
@@ -92,6 +104,88 @@ struct Listed {
 /// as the last arrived (100,000 CPK files with tags behind a loaded service:
 /// `find` spent 232 s re-listing), so it is asked about name by name.
 pub const RELIST_AFTER_LOOKUPS_PER_PAGE: u32 = 16;
+
+/// Expired negative entries are swept once there are this many, and then
+/// whenever their number doubles since the last sweep.
+const FIRST_NEGATIVE_SWEEP: usize = 1024;
+
+impl Tables {
+    fn child_ino(&self, parent: u64, name: &str) -> Option<u64> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    /// Give `name` of `parent` to `ino`; an inode it named before loses it.
+    fn set_child(&mut self, parent: u64, name: &str, ino: u64) {
+        let old = self
+            .children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), ino);
+        if let Some(old) = old.filter(|o| *o != ino) {
+            self.drop_if_unused(old);
+        }
+    }
+
+    fn take_child(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let names = self.children.get_mut(&parent)?;
+        let ino = names.remove(name);
+        if names.is_empty() {
+            self.children.remove(&parent);
+        }
+        ino
+    }
+
+    fn remove_negative(&mut self, parent: u64, name: &str) {
+        if let Some(names) = self.negative.get_mut(&parent) {
+            if names.remove(name).is_some() {
+                self.negatives -= 1;
+            }
+            if names.is_empty() {
+                self.negative.remove(&parent);
+            }
+        }
+    }
+
+    fn sweep_negatives(&mut self) {
+        let now = Instant::now();
+        self.negative.retain(|_, names| {
+            names.retain(|_, until| *until > now);
+            !names.is_empty()
+        });
+        self.negatives = self.negative.values().map(HashMap::len).sum();
+        self.sweep_negatives_at = (self.negatives * 2).max(FIRST_NEGATIVE_SWEEP);
+    }
+
+    /// Drop `ino` if nothing holds it: no name, no reference. A directory
+    /// dropped takes what the table knew under it (its names, negative
+    /// entries and listing); inodes it named follow the same rule.
+    fn drop_if_unused(&mut self, ino: u64) {
+        let mut todo = vec![ino];
+        while let Some(ino) = todo.pop() {
+            if ino == ROOT_INO || self.refs.contains_key(&ino) {
+                continue;
+            }
+            let Some(node) = self.by_ino.get(&ino) else {
+                continue;
+            };
+            let (parent, named) = {
+                let s = node.state.lock().unwrap();
+                (s.parent, self.child_ino(s.parent, &s.name) == Some(ino))
+            };
+            if named && self.by_ino.contains_key(&parent) {
+                continue;
+            }
+            self.by_ino.remove(&ino);
+            self.listed.remove(&ino);
+            if let Some(names) = self.negative.remove(&ino) {
+                self.negatives -= names.len();
+            }
+            if let Some(names) = self.children.remove(&ino) {
+                todo.extend(names.into_values());
+            }
+        }
+    }
+}
 
 pub struct InodeTable {
     t: Mutex<Tables>,
@@ -130,9 +224,8 @@ impl InodeTable {
 
     pub fn child(&self, parent: u64, name: &str) -> Option<Arc<Inode>> {
         let t = self.t.lock().unwrap();
-        t.children
-            .get(&(parent, name.to_string()))
-            .and_then(|i| t.by_ino.get(i))
+        t.child_ino(parent, name)
+            .and_then(|i| t.by_ino.get(&i))
             .cloned()
     }
 
@@ -155,9 +248,8 @@ impl InodeTable {
     /// said. An existing inode keeps its number unless its kind changed.
     pub fn upsert(&self, parent: u64, name: &str, fresh: InodeState) -> Arc<Inode> {
         let mut t = self.t.lock().unwrap();
-        let key = (parent, name.to_string());
-        t.negative.remove(&key);
-        if let Some(ino) = t.children.get(&key).copied() {
+        t.remove_negative(parent, name);
+        if let Some(ino) = t.child_ino(parent, name) {
             if let Some(node) = t.by_ino.get(&ino).cloned() {
                 let mut s = node.state.lock().unwrap();
                 if s.attr.kind == fresh.attr.kind {
@@ -214,48 +306,83 @@ impl InodeTable {
             write: tokio::sync::Mutex::new(None),
         });
         t.by_ino.insert(ino, node.clone());
-        t.children.insert(key, ino);
+        t.set_child(parent, name, ino);
         node
     }
 
-    /// Forget the name (after unlink/rmdir or when the backend says it's gone).
+    /// Forget the name (after unlink/rmdir or when the backend says it's
+    /// gone). The inode it named is dropped too unless the kernel or an
+    /// open handle still holds it; the caller's `Arc` stays usable.
     pub fn remove_child(&self, parent: u64, name: &str) -> Option<Arc<Inode>> {
         let mut t = self.t.lock().unwrap();
-        let ino = t.children.remove(&(parent, name.to_string()))?;
-        t.by_ino.get(&ino).cloned()
+        let ino = t.take_child(parent, name)?;
+        let node = t.by_ino.get(&ino).cloned();
+        t.drop_if_unused(ino);
+        node
     }
 
     /// Move a name (rename). Replaces whatever the destination named.
     pub fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
         let mut t = self.t.lock().unwrap();
-        if let Some(ino) = t.children.remove(&(parent, name.to_string())) {
-            t.children.insert((new_parent, new_name.to_string()), ino);
-            t.negative.remove(&(new_parent, new_name.to_string()));
+        if let Some(ino) = t.take_child(parent, name) {
             if let Some(node) = t.by_ino.get(&ino) {
                 let mut s = node.state.lock().unwrap();
                 s.parent = new_parent;
                 s.name = new_name.to_string();
             }
+            t.set_child(new_parent, new_name, ino);
+            t.remove_negative(new_parent, new_name);
         }
         t.listed.remove(&parent);
         t.listed.remove(&new_parent);
     }
 
+    /// One more reference to `ino`: a lookup the kernel is answered (it
+    /// sends FORGET for each), or a handle opened here.
+    pub fn hold(&self, ino: u64) {
+        let mut t = self.t.lock().unwrap();
+        if t.by_ino.contains_key(&ino) {
+            *t.refs.entry(ino).or_default() += 1;
+        }
+    }
+
+    /// `n` references to `ino` are gone; without any left, and without a
+    /// name, it is dropped.
+    pub fn release(&self, ino: u64, n: u64) {
+        let mut t = self.t.lock().unwrap();
+        let Some(refs) = t.refs.get_mut(&ino) else {
+            return;
+        };
+        *refs = refs.saturating_sub(n);
+        if *refs == 0 {
+            t.refs.remove(&ino);
+            t.drop_if_unused(ino);
+        }
+    }
+
     pub fn set_negative(&self, parent: u64, name: &str, until: Instant) {
-        self.t
-            .lock()
-            .unwrap()
+        let mut t = self.t.lock().unwrap();
+        let fresh = t
             .negative
-            .insert((parent, name.to_string()), until);
+            .entry(parent)
+            .or_default()
+            .insert(name.to_string(), until)
+            .is_none();
+        if fresh {
+            t.negatives += 1;
+            if t.negatives >= t.sweep_negatives_at.max(FIRST_NEGATIVE_SWEEP) {
+                t.sweep_negatives();
+            }
+        }
     }
 
     pub fn is_negative(&self, parent: u64, name: &str) -> bool {
         let mut t = self.t.lock().unwrap();
-        let key = (parent, name.to_string());
-        match t.negative.get(&key) {
-            Some(until) if *until > Instant::now() => true,
+        let until = t.negative.get(&parent).and_then(|n| n.get(name)).copied();
+        match until {
+            Some(until) if until > Instant::now() => true,
             Some(_) => {
-                t.negative.remove(&key);
+                t.remove_negative(parent, name);
                 false
             }
             None => false,
@@ -268,17 +395,13 @@ impl InodeTable {
     pub fn absent_until(&self, parent: u64, name: &str) -> Option<Instant> {
         let t = self.t.lock().unwrap();
         let now = Instant::now();
-        let neg = t.negative.get(&(parent, name.to_string())).copied();
+        let neg = t.negative.get(&parent).and_then(|n| n.get(name)).copied();
         let listed = t.listed.get(&parent).map(|l| l.until);
         neg.into_iter().chain(listed).filter(|u| *u > now).max()
     }
 
     pub fn clear_negative(&self, parent: u64, name: &str) {
-        self.t
-            .lock()
-            .unwrap()
-            .negative
-            .remove(&(parent, name.to_string()));
+        self.t.lock().unwrap().remove_negative(parent, name);
     }
 
     /// A complete listing of `dir`, of `pages` List Blobs pages, was just
@@ -330,15 +453,22 @@ impl InodeTable {
     /// Children currently known under `dir` (name, inode).
     pub fn children_of(&self, dir: u64) -> Vec<(String, Arc<Inode>)> {
         let t = self.t.lock().unwrap();
-        t.children
+        let Some(names) = t.children.get(&dir) else {
+            return vec![];
+        };
+        names
             .iter()
-            .filter(|((p, _), _)| *p == dir)
-            .filter_map(|((_, n), i)| t.by_ino.get(i).map(|node| (n.clone(), node.clone())))
+            .filter_map(|(n, i)| t.by_ino.get(i).map(|node| (n.clone(), node.clone())))
             .collect()
     }
 
     pub fn count(&self) -> usize {
         self.t.lock().unwrap().by_ino.len()
+    }
+
+    /// Negative entries held (expired ones not swept yet included).
+    pub fn negative_count(&self) -> usize {
+        self.t.lock().unwrap().negatives
     }
 
     pub fn all(&self) -> Vec<Arc<Inode>> {
@@ -349,6 +479,121 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fresh(parent: u64, name: &str, kind: Kind) -> InodeState {
+        InodeState {
+            parent,
+            name: name.into(),
+            attr: Attr::new(kind, 0o644, 0, 0),
+            etag: Some("e".into()),
+            cpk_sha256: None,
+            expires: Instant::now(),
+            meta_known: true,
+            unlinked: false,
+            local_etag: None,
+            local_times: false,
+        }
+    }
+
+    fn table() -> InodeTable {
+        InodeTable::new(Attr::new(Kind::Dir, 0o755, 0, 0))
+    }
+
+    /// A named inode stays (it is the attribute cache of its name); one
+    /// without a name goes when its last reference does, and at once if it
+    /// had none.
+    #[test]
+    fn an_inode_goes_with_its_name_and_last_reference() {
+        let t = table();
+        let a = t
+            .upsert(ROOT_INO, "a", fresh(ROOT_INO, "a", Kind::File))
+            .ino;
+        let b = t
+            .upsert(ROOT_INO, "b", fresh(ROOT_INO, "b", Kind::File))
+            .ino;
+        t.hold(a);
+        t.hold(a);
+        t.release(a, 2);
+        assert!(t.get(a).is_some(), "named: kept with no reference");
+        t.hold(a);
+        let gone = t.remove_child(ROOT_INO, "a").expect("it was there");
+        assert_eq!(gone.ino, a);
+        assert!(t.get(a).is_some(), "held by the kernel after unlink");
+        t.release(a, 1);
+        assert!(t.get(a).is_none(), "no name, no reference");
+        t.remove_child(ROOT_INO, "b");
+        assert!(t.get(b).is_none(), "never held: dropped with its name");
+        t.release(b, 1);
+        assert_eq!(t.count(), 1, "only the root");
+    }
+
+    /// A name given to another inode (rename over it, or a new object of
+    /// another kind) leaves the old one to the same rule.
+    #[test]
+    fn an_inode_renamed_over_goes_when_released() {
+        let t = table();
+        let old = t
+            .upsert(ROOT_INO, "dst", fresh(ROOT_INO, "dst", Kind::File))
+            .ino;
+        let src = t
+            .upsert(ROOT_INO, "src", fresh(ROOT_INO, "src", Kind::File))
+            .ino;
+        t.hold(old);
+        t.rename(ROOT_INO, "src", ROOT_INO, "dst");
+        assert_eq!(t.child(ROOT_INO, "dst").unwrap().ino, src);
+        assert!(t.get(old).is_some());
+        t.release(old, 1);
+        assert!(t.get(old).is_none());
+        let dir = t
+            .upsert(ROOT_INO, "dst", fresh(ROOT_INO, "dst", Kind::Dir))
+            .ino;
+        assert_ne!(dir, src);
+        assert!(t.get(src).is_none(), "replaced by a directory, never held");
+    }
+
+    /// A directory dropped takes the names under it; inodes still held
+    /// stay until released, then go too.
+    #[test]
+    fn a_directory_dropped_takes_its_names() {
+        let t = table();
+        let d = t.upsert(ROOT_INO, "d", fresh(ROOT_INO, "d", Kind::Dir)).ino;
+        let f = t.upsert(d, "f", fresh(d, "f", Kind::File)).ino;
+        let g = t.upsert(d, "g", fresh(d, "g", Kind::File)).ino;
+        t.set_negative(d, "x", Instant::now() + Duration::from_secs(60));
+        t.mark_listed(
+            d,
+            Instant::now() + Duration::from_secs(60),
+            1,
+            Duration::ZERO,
+        );
+        t.hold(g);
+        t.remove_child(ROOT_INO, "d");
+        assert!(t.get(d).is_none() && t.get(f).is_none());
+        assert!(!t.is_listed(d));
+        assert_eq!(t.negative_count(), 0);
+        assert!(t.get(g).is_some(), "still held");
+        t.release(g, 1);
+        assert_eq!(t.count(), 1);
+    }
+
+    /// Negative entries of names never asked about again are swept once
+    /// expired: their number stays near what is fresh.
+    #[test]
+    fn expired_negative_entries_are_swept() {
+        let t = table();
+        let past = Instant::now();
+        for i in 0..100_000 {
+            t.set_negative(ROOT_INO, &format!("n{i}"), past);
+        }
+        assert!(t.negative_count() < 2 * FIRST_NEGATIVE_SWEEP);
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..5_000 {
+            t.set_negative(ROOT_INO, &format!("k{i}"), later);
+        }
+        assert!(t.negative_count() >= 5_000, "fresh ones are kept");
+        assert!(t.is_negative(ROOT_INO, "k0"));
+        assert!(!t.is_negative(ROOT_INO, "n0"));
+    }
 
     /// When listing a directory again is due: one page, at once; more, after
     /// 16 single lookups per page, unless the last listing took more than

@@ -11,15 +11,14 @@ mod files;
 pub mod inode;
 pub mod keyring;
 mod listing;
+pub mod meta_cache;
 mod namespace;
 pub mod stats;
 pub mod write;
 
 use attr::{Attr, AttrDefaults, Kind};
 use cache::BlockCache;
-use cpkfs_blob::{
-    BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata,
-};
+use cpkfs_blob::{BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions};
 use dir::{DirEntry, DirHandle};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeState, InodeTable, ROOT_INO};
@@ -146,7 +145,7 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// Metadata learnt by keyed HEADs, by (name, ETag): a listing of an
     /// unchanged CPK blob needs no second HEAD.
-    cpk_meta: Mutex<lru::LruCache<(String, String), Metadata>>,
+    cpk_meta: meta_cache::MetaCache,
     /// Blobs unlinked while a descriptor had them open, by inode: (name,
     /// ETag). The open descriptors keep reading them; this mount no longer
     /// shows them, and deletes them (If-Match) when the last one is released.
@@ -252,9 +251,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            cpk_meta: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(200_000).unwrap(),
-            )),
+            cpk_meta: meta_cache::MetaCache::new(200_000),
             deferred_deletes: Mutex::new(HashMap::new()),
             readahead: Arc::new(tokio::sync::Semaphore::new(readahead)),
             server_copy: namespace::ServerCopy::default(),
@@ -274,6 +271,25 @@ impl Fs {
     }
     pub fn stats(&self) -> &stats::MountStats {
         &self.stats
+    }
+
+    /// The kernel is about to be given `ino` as an entry (lookup, create,
+    /// mkdir, mknod, symlink, or an entry of readdirplus other than `.` and
+    /// `..`): it holds the inode until it sends as many forgets.
+    pub fn remember(&self, ino: u64) {
+        self.inodes.hold(ino);
+    }
+
+    /// The kernel forgot `n` lookups of `ino`. An inode neither named nor
+    /// held any more (unlinked, renamed over) is dropped: a long-lived
+    /// mount's memory follows what exists, not what ever existed.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.release(ino, n);
+    }
+
+    /// Inodes in memory (named, or held by the kernel or a handle).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.count()
     }
 
     /// The blob path of an inode ("" for the root), if it is known.
@@ -339,6 +355,11 @@ impl Fs {
             },
             requests,
             pending_writes: stats::PendingWrites::from_paths(pending),
+            tables: stats::TableCounts {
+                inodes: self.inodes.count() as u64,
+                negative_names: self.inodes.negative_count() as u64,
+                cpk_metadata: self.cpk_meta.len() as u64,
+            },
             last_errors: self.stats.recent_errors(),
         }
     }
@@ -436,13 +457,8 @@ impl Fs {
                 p.metadata_encrypted = false;
                 continue;
             }
-            if let Some(md) = self
-                .cpk_meta
-                .lock()
-                .unwrap()
-                .get(&(it.name.clone(), p.etag.clone()))
-            {
-                p.metadata = md.clone();
+            if let Some(md) = self.cpk_meta.get(&it.name, &p.etag) {
+                p.metadata = md;
                 p.metadata_encrypted = false;
                 continue;
             }
@@ -469,10 +485,7 @@ impl Fs {
             if let Some(p) = r {
                 let it = &mut items[i];
                 if p.etag == it.properties.etag {
-                    self.cpk_meta
-                        .lock()
-                        .unwrap()
-                        .put((it.name.clone(), p.etag.clone()), p.metadata.clone());
+                    self.cpk_meta.put(&it.name, &p.etag, p.metadata.clone());
                     it.properties.metadata = p.metadata;
                     it.properties.metadata_encrypted = false;
                 }

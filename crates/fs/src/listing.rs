@@ -115,10 +115,7 @@ impl Fs {
                     .await;
                 match p {
                     Ok(p) => {
-                        self.cpk_meta
-                            .lock()
-                            .unwrap()
-                            .put((path, p.etag.clone()), p.metadata.clone());
+                        self.cpk_meta.put(&path, &p.etag, p.metadata.clone());
                         let node = self.inodes.upsert(
                             parent,
                             name,

@@ -409,6 +409,19 @@ pub struct PendingWrites {
     pub paths: Vec<String>,
 }
 
+/// What the mount keeps in memory besides blocks, by count: each follows
+/// what exists (and is held open), not what ever existed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCounts {
+    /// Inodes: named ones (the attribute cache) and ones the kernel or an
+    /// open descriptor still holds.
+    pub inodes: u64,
+    /// Names known absent (expired ones are swept as they accumulate).
+    pub negative_names: u64,
+    /// CPK blobs whose metadata is known without a HEAD.
+    pub cpk_metadata: u64,
+}
+
 /// Everything `cpkfs stats` shows, at one instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
@@ -426,6 +439,9 @@ pub struct StatsSnapshot {
     pub disk_cache: Option<TierStat>,
     pub bytes: ByteCounts,
     pub pending_writes: PendingWrites,
+    /// Absent in snapshots of older mounts.
+    #[serde(default)]
+    pub tables: TableCounts,
     /// Oldest first, at most [`RECENT_ERRORS`].
     pub last_errors: Vec<ErrorRecord>,
 }
