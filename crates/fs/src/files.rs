@@ -899,10 +899,19 @@ impl Fs {
         self.handles.lock().unwrap().remove(&fh);
         if !self.has_other_writer(ino) {
             *w = None;
+            self.writing_stopped_maybe();
         }
         drop(w);
         self.inodes.release(ino, 1);
         Some(Ok(()))
+    }
+
+    /// The mount's last writable handle was just released: block buffers
+    /// kept for the next block go back to the allocator.
+    fn writing_stopped_maybe(&self) {
+        if !self.handles.lock().unwrap().values().any(|h| h.writable) {
+            self.wctx.buffers.clear();
+        }
     }
 
     /// Does a writable handle of `ino` remain registered?
@@ -953,6 +962,7 @@ impl Fs {
         };
         if !self.has_other_writer(ino) {
             *w = None;
+            self.writing_stopped_maybe();
         }
         drop(w);
         self.release_unlinked(ino).await;

@@ -3,6 +3,7 @@
 //! `src/fuse.rs` translates. It can be driven directly in tests.
 
 pub mod attr;
+pub mod buffers;
 pub mod cache;
 pub mod dir;
 pub mod disk_cache;
@@ -208,6 +209,14 @@ impl Fs {
             block_size: cfg.block_size,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(cfg.upload_concurrency.max(1))),
             max_dirty: cfg.block_size * 8,
+            // As many as can be in flight (a steady stream then allocates
+            // no block buffer after its first few), within 64 MiB; emptied
+            // when the last writer of the mount is released.
+            buffers: Arc::new(buffers::BufferPool::new(
+                cfg.block_size,
+                ((64 << 20) / cfg.block_size.max(1) as usize)
+                    .clamp(1, cfg.upload_concurrency.max(1)),
+            )),
             key_sha256: key.as_ref().map(|k| k.sha256().to_string()),
             overwrite_conflicts: cfg.overwrite_conflicts,
         };

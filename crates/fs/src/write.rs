@@ -8,6 +8,7 @@
 //! (flush/fsync/close) turns the extents into one Put Block List — the old
 //! blob stays in place until that single request succeeds.
 
+use super::buffers::BufferPool;
 use super::error::{FsError, FsResult};
 use bytes::{Bytes, BytesMut};
 use cpkfs_blob::{
@@ -66,6 +67,8 @@ pub struct WriteContext {
     pub key_sha256: Option<String>,
     /// Last writer wins: commits carry no If-Match / If-None-Match.
     pub overwrite_conflicts: bool,
+    /// Block buffers used again by the next block.
+    pub buffers: Arc<BufferPool>,
 }
 
 fn is_conflict(e: &BlobError) -> bool {
@@ -303,9 +306,13 @@ impl WriteSession {
         let client = ctx.client.clone();
         let (name, key, bid) = (name.to_string(), key.cloned(), id.clone());
         let body = buf.freeze();
+        let buffers = ctx.buffers.clone();
         let task = tokio::spawn(async move {
-            let r = client.put_block(&name, &bid, body, key.as_deref()).await;
+            let r = client
+                .put_block(&name, &bid, body.clone(), key.as_deref())
+                .await;
             drop(permit);
+            buffers.give(body);
             r
         });
         self.extents[i].state = ExtState::Uploading(id, task);
@@ -465,7 +472,7 @@ impl WriteSession {
                 self.extents.push(Extent {
                     start: self.size,
                     len: 0,
-                    state: ExtState::Dirty(BytesMut::with_capacity(want as usize)),
+                    state: ExtState::Dirty(ctx.buffers.take(want as usize)),
                 });
             }
             let last = self.extents.last_mut().unwrap();
@@ -1030,6 +1037,7 @@ mod tests {
             block_size: 4,
             upload_slots: Arc::new(Semaphore::new(4)),
             max_dirty: 1 << 20,
+            buffers: Arc::new(BufferPool::new(4, 4)),
             key_sha256: None,
             overwrite_conflicts: false,
         };
