@@ -230,8 +230,8 @@ pub fn render(s: &StatsSnapshot) -> String {
     let t = &s.tables;
     let _ = writeln!(
         w,
-        "in memory: {} inodes, {} names known absent, metadata of {} CPK blobs",
-        t.inodes, t.negative_names, t.cpk_metadata
+        "in memory: {} inodes, {} names known absent",
+        t.inodes, t.negative_names
     );
     let p = &s.pending_writes;
     if p.count == 0 {
@@ -370,7 +370,6 @@ mod tests {
             tables: TableCounts {
                 inodes: 12,
                 negative_names: 4,
-                cpk_metadata: 9,
             },
             last_errors: vec![ErrorRecord {
                 at_unix: 1_796_282_401,
@@ -413,7 +412,7 @@ mod tests {
             "  disk         off",
             "1.5 KiB read and 0 B written by applications; 3.0 MiB from Azure",
             "files with pending writes: 3 (a, b, and 1 more)",
-            "in memory: 12 inodes, 4 names known absent, metadata of 9 CPK blobs",
+            "in memory: 12 inodes, 4 names known absent",
             "read f.bin EACCES ForeignKey code - request id -",
             "GetBlob data/f.bin HTTP 409 code BlobUsesCustomerSpecifiedEncryption request id rid-9 (1 attempt)",
         ] {

@@ -796,15 +796,12 @@ impl Fs {
         let opts = CommitOptions {
             content_type: None,
             tags: self.attr_tags(&metadata, self.key.is_some()),
-            metadata: metadata.clone(),
+            metadata,
             conditions: Conditions::default(),
         };
         match ws.commit(&self.wctx, path, opts, self.key.as_ref()).await {
             Ok(r) => {
                 tracing::debug!(path, etag = %r.etag, size = ws.size(), "committed");
-                if self.key.is_some() {
-                    self.cpk_meta.put(path, &r.etag, metadata);
-                }
                 let mut st = node.state.lock().unwrap();
                 st.etag = Some(r.etag.clone());
                 st.local_etag = Some(r.etag.clone());
@@ -1140,9 +1137,6 @@ impl Fs {
         // keyed HEAD reads, is already right; SEMANTICS.md).
         if let Some(tags) = self.attr_tags(&md, cpk.is_some()) {
             self.client.set_blob_tags(path, &tags).await?;
-        }
-        if cpk.is_some() {
-            self.cpk_meta.put(path, &r.etag, md);
         }
         let mut st = node.state.lock().unwrap();
         st.etag = Some(r.etag.clone());

@@ -12,14 +12,15 @@ mod files;
 pub mod inode;
 pub mod keyring;
 mod listing;
-pub mod meta_cache;
 mod namespace;
 pub mod stats;
 pub mod write;
 
 use attr::{Attr, AttrDefaults, Kind};
 use cache::BlockCache;
-use cpkfs_blob::{BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions};
+use cpkfs_blob::{
+    BlobClient, BlobItem, BlobProperties, Conditions, CustomerKey, ListOptions, Metadata,
+};
 use dir::{DirEntry, DirHandle};
 pub use error::{FsError, FsResult};
 use inode::{Inode, InodeState, InodeTable, ROOT_INO};
@@ -146,7 +147,6 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// Metadata learnt by keyed HEADs, by (name, ETag): a listing of an
     /// unchanged CPK blob needs no second HEAD.
-    cpk_meta: meta_cache::MetaCache,
     /// Blobs unlinked while a descriptor had them open, by inode: (name,
     /// ETag). The open descriptors keep reading them; this mount no longer
     /// shows them, and deletes them (If-Match) when the last one is released.
@@ -260,7 +260,6 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            cpk_meta: meta_cache::MetaCache::new(200_000),
             deferred_deletes: Mutex::new(HashMap::new()),
             readahead: Arc::new(tokio::sync::Semaphore::new(readahead)),
             server_copy: namespace::ServerCopy::default(),
@@ -367,7 +366,6 @@ impl Fs {
             tables: stats::TableCounts {
                 inodes: self.inodes.count() as u64,
                 negative_names: self.inodes.negative_count() as u64,
-                cpk_metadata: self.cpk_meta.len() as u64,
             },
             last_errors: self.stats.recent_errors(),
         }
@@ -447,10 +445,22 @@ impl Fs {
         }
     }
 
-    /// Fill in hidden metadata of CPK blobs (bounded parallel keyed HEADs,
-    /// skipped when the (name, ETag) pair was seen before). `fetch` false:
-    /// only what is remembered, no request.
-    async fn reveal_cpk_metadata(&self, items: &mut [BlobItem], fetch: bool) {
+    /// The metadata of CPK blob `item` of directory `dir` as this mount
+    /// knows it without a HEAD: that of the inode its name holds, if it
+    /// describes this version (learnt by a HEAD, or stored by our own commit
+    /// or chmod). Rebuilt from the attributes (they round-trip), so the
+    /// mount keeps no second copy of every CPK blob's metadata.
+    fn known_metadata(&self, dir: u64, item: &BlobItem) -> Option<Metadata> {
+        let name = item.name.rsplit('/').next()?;
+        let s = self.inodes.child(dir, name)?.snapshot();
+        (s.meta_known && s.etag.as_deref() == Some(item.properties.etag.as_str()))
+            .then(|| s.attr.to_metadata())
+    }
+
+    /// Fill in hidden metadata of the CPK blobs `items` of directory `dir`
+    /// (bounded parallel keyed HEADs, skipped for a version whose metadata
+    /// is known). `fetch` false: only what is known, no request.
+    async fn reveal_cpk_metadata(&self, dir: u64, items: &mut [BlobItem], fetch: bool) {
         use futures::stream::{self, StreamExt};
         let mut todo = vec![];
         for (i, it) in items.iter_mut().enumerate() {
@@ -466,7 +476,8 @@ impl Fs {
                 p.metadata_encrypted = false;
                 continue;
             }
-            if let Some(md) = self.cpk_meta.get(&it.name, &p.etag) {
+            if let Some(md) = self.known_metadata(dir, it) {
+                let p = &mut it.properties;
                 p.metadata = md;
                 p.metadata_encrypted = false;
                 continue;
@@ -494,7 +505,6 @@ impl Fs {
             if let Some(p) = r {
                 let it = &mut items[i];
                 if p.etag == it.properties.etag {
-                    self.cpk_meta.put(&it.name, &p.etag, p.metadata.clone());
                     it.properties.metadata = p.metadata;
                     it.properties.metadata_encrypted = false;
                 }
@@ -578,7 +588,7 @@ impl Fs {
         let (blob, is_dir_prefix) = self.probe(path).await?;
         if let Some(mut item) = blob {
             if item.properties.metadata_encrypted {
-                self.reveal_cpk_metadata(std::slice::from_mut(&mut item), true)
+                self.reveal_cpk_metadata(parent, std::slice::from_mut(&mut item), true)
                     .await;
             }
             let known = !item.properties.metadata_encrypted;
@@ -816,7 +826,7 @@ impl Fs {
         h.started.get_or_insert_with(Instant::now);
         let mut page = self.client.list_blobs(&opts).await?;
         h.pages += 1;
-        self.reveal_cpk_metadata(&mut page.blobs, true).await;
+        self.reveal_cpk_metadata(ino, &mut page.blobs, true).await;
         let entries = self.page_entries(ino, h.prefix.len(), &page);
         for (n, st) in entries {
             if h.seen.contains(&n) {

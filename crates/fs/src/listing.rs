@@ -115,7 +115,6 @@ impl Fs {
                     .await;
                 match p {
                     Ok(p) => {
-                        self.cpk_meta.put(&path, &p.etag, p.metadata.clone());
                         let node = self.inodes.upsert(
                             parent,
                             name,
@@ -170,7 +169,7 @@ impl Fs {
                 })
                 .await?;
             pages += 1;
-            self.reveal_cpk_metadata(&mut page.blobs, false).await;
+            self.reveal_cpk_metadata(dir, &mut page.blobs, false).await;
             for (n, st) in self.page_entries(dir, prefix.len(), &page) {
                 self.inodes.upsert(dir, &n, st);
             }

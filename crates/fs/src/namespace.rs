@@ -292,7 +292,6 @@ impl Fs {
         }
         self.inodes.remove_child(parent, name);
         self.inodes.set_negative(parent, name, self.expiry());
-        self.cpk_meta.remove(&path);
         self.dir_changed(parent);
         Ok(())
     }
@@ -711,9 +710,6 @@ impl Fs {
                 return Err(e.into());
             }
         }
-        // What was known of either name's metadata is of another version.
-        self.cpk_meta.remove(src_path);
-        self.cpk_meta.remove(dst_path);
         self.adopt_moved_blob(node, new_etag, other_version);
         Ok(())
     }

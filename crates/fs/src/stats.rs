@@ -418,8 +418,6 @@ pub struct TableCounts {
     pub inodes: u64,
     /// Names known absent (expired ones are swept as they accumulate).
     pub negative_names: u64,
-    /// CPK blobs whose metadata is known without a HEAD.
-    pub cpk_metadata: u64,
 }
 
 /// Everything `cpkfs stats` shows, at one instant.
