@@ -14,12 +14,59 @@ use std::time::Instant;
 
 /// One listing per directory at a time: lookups that find its listing
 /// expired wait for the one that lists it again instead of all listing.
+/// A directory's entry lives while someone holds or waits for its turn (a
+/// long-lived mount does not keep one for every directory it ever listed).
 #[derive(Default)]
-pub(crate) struct Relists(Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>);
+pub(crate) struct Relists(Mutex<HashMap<u64, DirTurns>>);
+
+/// A directory's lock, and the parties holding or waiting for it.
+type DirTurns = (Arc<tokio::sync::Mutex<()>>, usize);
+
+/// One party holding or waiting for a directory's turn.
+struct Party<'a> {
+    relists: &'a Relists,
+    dir: u64,
+}
+
+impl Drop for Party<'_> {
+    fn drop(&mut self) {
+        let mut m = self.relists.0.lock().unwrap();
+        if let Some(e) = m.get_mut(&self.dir) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                m.remove(&self.dir);
+            }
+        }
+    }
+}
+
+/// The turn to list a directory; fields drop in order: the lock, then the
+/// party.
+pub(crate) struct Turn<'a> {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+    _party: Party<'a>,
+}
 
 impl Relists {
-    fn of(&self, dir: u64) -> Arc<tokio::sync::Mutex<()>> {
-        self.0.lock().unwrap().entry(dir).or_default().clone()
+    /// Wait for the turn to list `dir` (cancel-safe: a waiter dropped
+    /// leaves as a party).
+    async fn turn(&self, dir: u64) -> Turn<'_> {
+        let lock = {
+            let mut m = self.0.lock().unwrap();
+            let e = m.entry(dir).or_default();
+            e.1 += 1;
+            e.0.clone()
+        };
+        let party = Party { relists: self, dir };
+        Turn {
+            _held: lock.lock_owned().await,
+            _party: party,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
     }
 }
 
@@ -140,8 +187,7 @@ impl Fs {
     /// remembers by (name, ETag) and never fetched here: an entry whose
     /// metadata is unknown is left to its own lookup.
     async fn relist(&self, dir: u64) -> FsResult<()> {
-        let lock = self.relists.of(dir);
-        let _one = lock.lock().await;
+        let _turn = self.relists.turn(dir).await;
         if self.inodes.is_listed(dir) {
             return Ok(());
         }
@@ -181,5 +227,29 @@ impl Fs {
         self.inodes
             .mark_listed(dir, until, pages, started.elapsed());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parties of one directory take turns; the entry goes with the last
+    /// one, also when a waiter gives up.
+    #[tokio::test]
+    async fn a_directory_entry_lives_while_a_party_does() {
+        let r = Relists::default();
+        let first = r.turn(7).await;
+        assert_eq!(r.len(), 1);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), r.turn(7)).await;
+        assert!(waiting.is_err(), "the second waits for the first");
+        assert_eq!(r.0.lock().unwrap()[&7].1, 1, "the one that gave up left");
+        drop(first);
+        assert_eq!(r.len(), 0);
+        let a = r.turn(7).await;
+        let b = r.turn(8).await;
+        assert_eq!(r.len(), 2);
+        drop((a, b));
+        assert_eq!(r.len(), 0);
     }
 }
