@@ -295,11 +295,6 @@ impl Fs {
         self.inodes.release(ino, n);
     }
 
-    /// Inodes in memory (named, or held by the kernel or a handle).
-    pub fn inode_count(&self) -> usize {
-        self.inodes.count()
-    }
-
     /// The blob path of an inode ("" for the root), if it is known.
     pub fn path_for(&self, ino: u64) -> Option<String> {
         self.inodes.path(ino)
