@@ -168,11 +168,11 @@ impl Tables {
             let Some(node) = self.by_ino.get(&ino) else {
                 continue;
             };
-            let (parent, named) = {
+            let named = {
                 let s = node.state.lock().unwrap();
-                (s.parent, self.child_ino(s.parent, &s.name) == Some(ino))
+                self.child_ino(s.parent, &s.name) == Some(ino)
             };
-            if named && self.by_ino.contains_key(&parent) {
+            if named {
                 continue;
             }
             self.by_ino.remove(&ino);
