@@ -71,10 +71,7 @@ impl FuseAdapter {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
         self.rt.spawn(async move {
             match work.await {
-                Ok(e) => {
-                    fs.remember(e.ino);
-                    reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0))
-                }
+                Ok(e) => give_entry(&fs, reply, &ttl, &e),
                 Err(e) => reply.error(errno(&fs, op, at, &e)),
             }
         });
@@ -106,6 +103,13 @@ impl At {
             }),
         }
     }
+}
+
+/// Answer with entry `e`, counted first: the kernel holds it from the reply
+/// until its FORGET.
+fn give_entry(fs: &Fs, reply: ReplyEntry, ttl: &Duration, e: &crate::fs::Entry) {
+    fs.remember(e.ino);
+    reply.entry(ttl, &file_attr(e.ino, &e.attr), Generation(0));
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -205,10 +209,7 @@ impl Filesystem for FuseAdapter {
         let name = name_or_reply!(name, reply);
         let at = At::Entry(parent.0, name.clone());
         match self.fs.lookup_cached(parent.0, &name) {
-            Some(Ok(e)) => {
-                self.fs.remember(e.ino);
-                return reply.entry(&self.ttl, &file_attr(e.ino, &e.attr), Generation(0));
-            }
+            Some(Ok(e)) => return give_entry(&self.fs, reply, &self.ttl, &e),
             Some(Err(e)) => return reply.error(errno(&self.fs, "lookup", at, &e)),
             None => {}
         }
@@ -325,10 +326,7 @@ impl Filesystem for FuseAdapter {
             }
             .await;
             match res {
-                Ok(e) => {
-                    fs.remember(e.ino);
-                    reply.entry(&ttl, &file_attr(e.ino, &e.attr), Generation(0))
-                }
+                Ok(e) => give_entry(&fs, reply, &ttl, &e),
                 Err(e) => reply.error(errno(&fs, "mknod", at, &e)),
             }
         });

@@ -135,6 +135,10 @@ impl Tables {
         ino
     }
 
+    fn negative_until(&self, parent: u64, name: &str) -> Option<Instant> {
+        self.negative.get(&parent)?.get(name).copied()
+    }
+
     fn remove_negative(&mut self, parent: u64, name: &str) {
         if let Some(names) = self.negative.get_mut(&parent) {
             if names.remove(name).is_some() {
@@ -378,8 +382,7 @@ impl InodeTable {
 
     pub fn is_negative(&self, parent: u64, name: &str) -> bool {
         let mut t = self.t.lock().unwrap();
-        let until = t.negative.get(&parent).and_then(|n| n.get(name)).copied();
-        match until {
+        match t.negative_until(parent, name) {
             Some(until) if until > Instant::now() => true,
             Some(_) => {
                 t.remove_negative(parent, name);
@@ -395,7 +398,7 @@ impl InodeTable {
     pub fn absent_until(&self, parent: u64, name: &str) -> Option<Instant> {
         let t = self.t.lock().unwrap();
         let now = Instant::now();
-        let neg = t.negative.get(&parent).and_then(|n| n.get(name)).copied();
+        let neg = t.negative_until(parent, name);
         let listed = t.listed.get(&parent).map(|l| l.until);
         neg.into_iter().chain(listed).filter(|u| *u > now).max()
     }
@@ -495,6 +498,11 @@ mod tests {
         }
     }
 
+    /// A child `name` of `parent` as a listing would bring it: its number.
+    fn add(t: &InodeTable, parent: u64, name: &str, kind: Kind) -> u64 {
+        t.upsert(parent, name, fresh(parent, name, kind)).ino
+    }
+
     fn table() -> InodeTable {
         InodeTable::new(Attr::new(Kind::Dir, 0o755, 0, 0))
     }
@@ -505,12 +513,8 @@ mod tests {
     #[test]
     fn an_inode_goes_with_its_name_and_last_reference() {
         let t = table();
-        let a = t
-            .upsert(ROOT_INO, "a", fresh(ROOT_INO, "a", Kind::File))
-            .ino;
-        let b = t
-            .upsert(ROOT_INO, "b", fresh(ROOT_INO, "b", Kind::File))
-            .ino;
+        let a = add(&t, ROOT_INO, "a", Kind::File);
+        let b = add(&t, ROOT_INO, "b", Kind::File);
         t.hold(a);
         t.hold(a);
         t.release(a, 2);
@@ -532,21 +536,15 @@ mod tests {
     #[test]
     fn an_inode_renamed_over_goes_when_released() {
         let t = table();
-        let old = t
-            .upsert(ROOT_INO, "dst", fresh(ROOT_INO, "dst", Kind::File))
-            .ino;
-        let src = t
-            .upsert(ROOT_INO, "src", fresh(ROOT_INO, "src", Kind::File))
-            .ino;
+        let old = add(&t, ROOT_INO, "dst", Kind::File);
+        let src = add(&t, ROOT_INO, "src", Kind::File);
         t.hold(old);
         t.rename(ROOT_INO, "src", ROOT_INO, "dst");
         assert_eq!(t.child(ROOT_INO, "dst").unwrap().ino, src);
         assert!(t.get(old).is_some());
         t.release(old, 1);
         assert!(t.get(old).is_none());
-        let dir = t
-            .upsert(ROOT_INO, "dst", fresh(ROOT_INO, "dst", Kind::Dir))
-            .ino;
+        let dir = add(&t, ROOT_INO, "dst", Kind::Dir);
         assert_ne!(dir, src);
         assert!(t.get(src).is_none(), "replaced by a directory, never held");
     }
@@ -556,9 +554,9 @@ mod tests {
     #[test]
     fn a_directory_dropped_takes_its_names() {
         let t = table();
-        let d = t.upsert(ROOT_INO, "d", fresh(ROOT_INO, "d", Kind::Dir)).ino;
-        let f = t.upsert(d, "f", fresh(d, "f", Kind::File)).ino;
-        let g = t.upsert(d, "g", fresh(d, "g", Kind::File)).ino;
+        let d = add(&t, ROOT_INO, "d", Kind::Dir);
+        let f = add(&t, d, "f", Kind::File);
+        let g = add(&t, d, "g", Kind::File);
         t.set_negative(d, "x", Instant::now() + Duration::from_secs(60));
         t.mark_listed(
             d,

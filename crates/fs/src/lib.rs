@@ -145,8 +145,6 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
     next_fh: AtomicU64,
-    /// Metadata learnt by keyed HEADs, by (name, ETag): a listing of an
-    /// unchanged CPK blob needs no second HEAD.
     /// Blobs unlinked while a descriptor had them open, by inode: (name,
     /// ETag). The open descriptors keep reading them; this mount no longer
     /// shows them, and deletes them (If-Match) when the last one is released.

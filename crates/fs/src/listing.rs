@@ -183,9 +183,9 @@ impl Fs {
 
     /// List directory `dir` again, unless another task just did: refresh
     /// every entry it names and hold the listing for `attr_ttl` (counted
-    /// from before the request). CPK metadata is taken from what the mount
-    /// remembers by (name, ETag) and never fetched here: an entry whose
-    /// metadata is unknown is left to its own lookup.
+    /// from before the request). CPK metadata is taken from the inode of
+    /// each name when it describes the same ETag, and never fetched here: an
+    /// entry whose metadata is unknown is left to its own lookup.
     async fn relist(&self, dir: u64) -> FsResult<()> {
         let _turn = self.relists.turn(dir).await;
         if self.inodes.is_listed(dir) {

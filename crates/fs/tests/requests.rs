@@ -376,8 +376,8 @@ async fn an_expired_listing_is_renewed_with_one_request() {
 /// 100,000 CPK files takes longer than `attr_ttl`: stat of every entry asks
 /// about names one by one only until that has cost
 /// `RELIST_AFTER_LOOKUPS_PER_PAGE` requests per page of its listing, then
-/// lists the directory again (no keyed HEAD: the metadata is remembered by
-/// name and ETag) and answers the rest from memory. Before, every entry
+/// lists the directory again (no keyed HEAD: each name's inode keeps the
+/// metadata of its ETag) and answers the rest from memory. Before, every entry
 /// cost a request of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_in_a_big_directory_whose_listing_expired_list_it_again() {
